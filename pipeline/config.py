@@ -1,0 +1,105 @@
+"""The curation config: configs/curate.yaml, merged with a user file and --set overrides, validated."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from ..transforms.readers import CORPORA, CorpusSettings
+from ..transforms.settings import ConfigError, build
+
+LANG_CODE = re.compile(r"^[a-z]{2,3}$")
+
+
+@dataclass
+class CurateSettings:
+    input: str | None
+    output: str
+    languages: list[str]
+    corpora: list[str]
+    work_dir: str
+    sampling_rate: int
+    seed: int
+    num_shards: int
+    beam_args: list[str]
+    corpus: dict[str, CorpusSettings]
+
+    def validate(self, where: str) -> None:
+        if not self.languages:
+            raise ConfigError(f"{where}.languages: give at least one target language")
+        for lang in self.languages:
+            if not LANG_CODE.match(lang):
+                raise ConfigError(f"{where}.languages: {lang!r} is not a language code like 'de'")
+        if "en" in self.languages:
+            raise ConfigError(f"{where}.languages: English is the source language, not a target")
+        if not self.corpora:
+            raise ConfigError(f"{where}.corpora: name at least one of {', '.join(CORPORA)}")
+        for name in self.corpora:
+            if name not in CORPORA:
+                raise ConfigError(f"{where}.corpora: unknown corpus {name!r}; known: {', '.join(CORPORA)}")
+            if name not in self.corpus:
+                raise ConfigError(f"{where}.corpus.{name}: missing")
+        if self.sampling_rate not in (8000, 16000, 22050, 24000, 32000, 44100, 48000):
+            raise ConfigError(f"{where}.sampling_rate: {self.sampling_rate} is not a usual audio rate")
+        if self.num_shards < 0:
+            raise ConfigError(f"{where}.num_shards: must be 0 (runner decides) or more")
+
+    def corpus_root(self, name: str) -> str:
+        path = self.corpus[name].path
+        if path:
+            return path
+        if self.input is None:
+            raise ConfigError(f"corpus.{name}.path: no input folder and no path for {name}")
+        return f"{self.input.rstrip('/')}/{name}"
+
+    def fingerprint(self) -> str:
+        """Hash of everything that shapes the output (not where it goes), for the card."""
+        d = asdict(self)
+        for key in ("output", "work_dir", "beam_args"):
+            d.pop(key)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def defaults() -> dict[str, Any]:
+    return yaml.safe_load(resources.files("simulforge.configs").joinpath("curate.yaml").read_text())
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """`a.b=value` -> {"a": {"b": value}}, the value read as YAML (so lists and numbers work)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.path=value")
+    key, raw = item.split("=", 1)
+    value: Any = yaml.safe_load(raw) if raw else None
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load(user_file: str | None = None, overrides: list[str] | None = None) -> CurateSettings:
+    data = defaults()
+    if user_file:
+        with open(user_file, encoding="utf-8") as f:
+            user = yaml.safe_load(f) or {}
+        if not isinstance(user, dict):
+            raise ConfigError(f"{user_file}: expected a YAML mapping at the top")
+        data = deep_merge(data, user)
+    for item in overrides or []:
+        data = deep_merge(data, parse_override(item))
+    return build(CurateSettings, data, "curate")

@@ -1,0 +1,173 @@
+"""`simulforge curate`: plan the reads, run the Beam graph, then publish stats, rejects and the card.
+
+The graph writes into `<output>/.incoming/`; only a run that finished and balanced its
+counts is moved into place, so the published folder never mixes two builds or holds a
+partial shard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from .. import __version__
+from ..transforms import files, readers
+from ..transforms.publish import offline_features
+from ..transforms.settings import ConfigError
+from . import card, graph, report
+from .config import CurateSettings
+
+log = logging.getLogger("simulforge.curate")
+INCOMING = ".incoming"
+PUBLISHED = ["data", "README.md", "stats.json", graph.REJECTS_FILE]
+
+
+class RunError(RuntimeError):
+    """The run finished but its output cannot be published as it is."""
+
+
+def ensure_input(settings: CurateSettings, echo) -> CurateSettings:
+    """With no input folder, curate the demo corpora (built once into the work dir)."""
+    if settings.input is not None:
+        return settings
+    from ..demo.corpora import build_demo_corpora
+
+    root = os.path.abspath(os.path.join(settings.work_dir, "demo"))
+    if not os.path.exists(os.path.join(root, "README.txt")):
+        echo(f"no input given: building the demo corpora into {root}")
+        build_demo_corpora(root)
+    settings.input = root
+    return settings
+
+
+def plan(settings: CurateSettings, echo) -> tuple[list[readers.ReadTask], dict[str, list[str]]]:
+    tasks, missing = [], {}
+    for name in settings.corpora:
+        found, absent = readers.plan(name, settings.corpus_root(name), settings.corpus[name], settings.languages)
+        tasks += found
+        if absent:
+            missing[name] = absent
+            echo(f"{name}: no English→{', '.join(absent)} in this corpus; curating it for the other languages")
+        if not found:
+            echo(f"{name}: nothing to read under {settings.corpus_root(name)}")
+    nowhere = [lang for lang in settings.languages if all(lang in missing.get(n, []) for n in settings.corpora)]
+    if nowhere:
+        raise ConfigError(f"languages: no corpus has English→{', '.join(nowhere)} "
+                          f"(looked in {', '.join(settings.corpora)})")
+    if not tasks:
+        raise ConfigError("nothing to curate: no corpus files found for the requested languages")
+    return tasks, missing
+
+
+def git_commit() -> str:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _remove(path: str) -> None:
+    if files.is_local(path):
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+    else:
+        from apache_beam.io.filesystems import FileSystems
+
+        matches = FileSystems.match([path.rstrip("/") + "/**", path])
+        paths = [m.path for r in matches for m in r.metadata_list]
+        if paths:
+            FileSystems.delete(paths)
+
+
+def promote(staging: str, output: str) -> None:
+    """Replace the published files with the new build's."""
+    for name in PUBLISHED:
+        _remove(files.join(output, name))
+    for name in PUBLISHED:
+        src = files.join(staging, name)
+        if files.is_local(src):
+            if os.path.exists(src):
+                os.replace(src, os.path.join(output, name))
+        else:
+            from apache_beam.io.filesystems import FileSystems
+
+            for r in FileSystems.match([src.rstrip("/") + "/**"]):
+                FileSystems.rename([m.path for m in r.metadata_list],
+                                   [m.path.replace(staging, output, 1) for m in r.metadata_list])
+    _remove(staging)
+
+
+def _drop_empty_shards(staging: str, rows: dict[str, dict[str, Any]]) -> None:
+    """Beam writes a schema-only shard for a split with no rows; a split with no rows is not published."""
+    for config in os.listdir(os.path.join(staging, "data")) if files.is_local(staging) else []:
+        for name in os.listdir(os.path.join(staging, "data", config)):
+            split = name.split("-", 1)[0]
+            if not rows.get(config, {}).get("rows", {}).get(split):
+                os.remove(os.path.join(staging, "data", config, name))
+
+
+def _sort_rejects(path: str) -> None:
+    if files.is_local(path) and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            lines = sorted(f, key=lambda s: (json.loads(s)["stage"], json.loads(s)["id"]))
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+
+
+def run(settings: CurateSettings, extra_beam_args: list[str] | None = None, echo=print) -> dict[str, Any]:
+    settings = ensure_input(settings, echo)
+    settings.work_dir = os.path.abspath(settings.work_dir) if files.is_local(settings.work_dir) else settings.work_dir
+    tasks, missing = plan(settings, echo)
+    output = settings.output
+    staging = files.join(output, INCOMING)
+    _remove(staging)
+    beam_args = [*settings.beam_args, *(extra_beam_args or [])]
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker process
+    echo(f"curating {', '.join(settings.corpora)} for English→{', '.join(settings.languages)}: "
+         f"{len(tasks)} files to read, output {output}")
+    started = time.time()
+    with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
+        graph.build(p, settings, tasks, staging)
+    elapsed = time.time() - started
+
+    sums = report.load_sums(files.join(staging, graph.SUMS_FILE))
+    summary = {
+        "simulforge": __version__, "git_commit": git_commit(), "config_hash": settings.fingerprint(),
+        "languages": settings.languages, "corpora": settings.corpora, "beam_args": beam_args,
+        "seed": settings.seed, "wall_s": round(elapsed, 1),
+    }
+    stats = report.build_stats(sums, settings_summary=summary, missing=missing)
+    if not stats["balanced"]:
+        bad = [s for s, e in stats["stages"].items() if not e["balanced"]]
+        raise RunError(f"counts do not add up in stage(s) {', '.join(bad)}; output left in {staging}: "
+                       + json.dumps({s: stats["stages"][s] for s in bad}))
+    _remove(files.join(staging, graph.SUMS_FILE))
+    _drop_empty_shards(staging, stats["published"])
+    _sort_rejects(files.join(staging, graph.REJECTS_FILE))
+    with files.open_write(files.join(staging, "stats.json")) as f:
+        f.write(json.dumps(stats, indent=2, ensure_ascii=False).encode())
+    configs = {"offline": offline_features(settings.languages, settings.sampling_rate)}
+    text = card.render(
+        configs, stats, langs=settings.languages,
+        corpora={c: settings.corpus[c].license for c in settings.corpora},
+        build_info={"pipeline": f"simulforge {__version__}", "git commit": summary["git_commit"],
+                    "config hash": summary["config_hash"], "sampling rate": f"{settings.sampling_rate} Hz"},
+    )
+    with files.open_write(files.join(staging, "README.md")) as f:
+        f.write(text.encode())
+    promote(staging, output)
+    for line in report.summary_lines(stats):
+        echo(line)
+    return stats

@@ -1,0 +1,81 @@
+"""The `simulforge` command: one entry point, one subcommand per step of the workflow."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+class _QuietBeamImport(logging.Filter):
+    # Beam warns at import that optional GCP client libraries are absent; they are optional here.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
+def _demo_data(args) -> int:
+    from .demo.corpora import build_demo_corpora
+
+    summary = build_demo_corpora(args.dir, scale=args.scale, seed=args.seed)
+    print(f"demo corpora written to {args.dir}: {summary}")
+    return 0
+
+
+def _curate(args, beam_args: list[str]) -> int:
+    from .pipeline import config, curate
+
+    overrides = list(args.set or [])
+    for key in ("input", "output", "work_dir"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    if args.langs:
+        overrides.append(f"languages=[{args.langs}]")
+    if args.corpora:
+        overrides.append(f"corpora=[{args.corpora}]")
+    settings = config.load(args.config, overrides)
+    curate.run(settings, beam_args)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="simulforge", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo-data", help="write the demo corpora (MuST-C, CoVoST 2, FLEURS layouts) to DIR")
+    d.add_argument("dir")
+    d.add_argument("--scale", type=float, default=1.0, help="<1: a fraction of the sentences; >1: N copies")
+    d.add_argument("--seed", type=int, default=0)
+
+    c = sub.add_parser("curate", help="curate corpora into a published dataset; unknown flags go to Beam",
+                       epilog="Any other --flag=value is passed to Beam, e.g. --runner=PortableRunner "
+                              "--job_endpoint=embed or --direct_running_mode=multi_processing.")
+    c.add_argument("--config", help="YAML merged over configs/curate.yaml")
+    c.add_argument("--langs", help="target languages, comma-separated (e.g. de,es)")
+    c.add_argument("--input", help="folder holding mustc/, covost/, fleurs/ (default: the demo corpora)")
+    c.add_argument("--output", help="dataset folder to publish into")
+    c.add_argument("--corpora", help="comma-separated subset of mustc,covost,fleurs")
+    c.add_argument("--work-dir", dest="work_dir", help="extracted archives and caches")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietBeamImport())
+    args, rest = parser().parse_known_args(argv)
+    from .transforms.settings import ConfigError
+
+    try:
+        if args.command == "demo-data":
+            if rest:
+                parser().error(f"unrecognized arguments: {' '.join(rest)}")
+            return _demo_data(args)
+        return _curate(args, rest)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"simulforge {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

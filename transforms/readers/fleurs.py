@@ -1,0 +1,122 @@
+"""FLEURS: per-locale folders (`en_us/`, `de_de/`, `es_419/`) of header-less 7-column TSVs.
+
+Columns: id, file_name, raw_transcription, transcription, chars, num_samples, gender.
+English recordings come from `en_us/audio/<split>.tar.gz` (members `<split>/<file_name>`),
+extracted once into the work directory with every member checked to stay inside it.
+Translations are the other locales' rows with the same sentence id; several recordings
+may share one id, and each becomes its own clip with the same translations.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from collections.abc import Iterator
+
+from .. import files
+from ..records import AudioRef, Reject, Stat, Translation, Utterance
+from .common import STAGE, BadLine, ReadTask, clean_text, tsv_rows
+
+CORPUS = "fleurs"
+SAMPLING_RATE = 16000  # FLEURS' num_samples column counts samples at this rate
+
+
+def plan(root: str, langs: list[str], splits: list[str], locales: dict[str, str]):
+    tasks, missing = [], []
+    source = files.join(root, locales["en"])
+    for split in splits:
+        path = files.join(source, f"{split}.tsv")
+        if files.exists(path):
+            tasks.append(ReadTask(CORPUS, "source", "en", split, path, root))
+    for lang in langs:
+        folder = files.join(root, locales.get(lang, f"{lang}_?"))
+        if lang not in locales or not files.exists(folder):
+            missing.append(lang)
+            continue
+        for split in splits:
+            path = files.join(folder, f"{split}.tsv")
+            if files.exists(path):
+                tasks.append(ReadTask(CORPUS, "translation", lang, split, path, root))
+    return tasks, missing
+
+
+def _rows(task: ReadTask, locale: str) -> Iterator[tuple[str, list[str]] | Reject]:
+    name = f"{CORPUS}/{locale}/{task.split}.tsv"
+    for n, fields in tsv_rows(task.path, header=False):
+        if isinstance(fields, BadLine):
+            yield Reject(f"{name}#{n}", STAGE, fields.reason, fields.detail, f"{name}:{n}")
+        elif len(fields) != 7:
+            yield Reject(f"{name}#{n}", STAGE, "malformed_row", f"expected 7 fields, got {len(fields)}", f"{name}:{n}")
+        else:
+            yield f"{name}:{n}", fields
+
+
+def extract_audio(archive: str, split: str, dest: str) -> Iterator[Reject | Stat]:
+    """Extract regular-file members under `<split>/` into `dest`; anything else is refused.
+
+    Files already extracted with the same size are kept, so a re-run does not redo the work.
+    """
+    name = archive.split("/fleurs/", 1)[-1]
+    with files.open_read(archive) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+        for member in tar:
+            where = f"{CORPUS}/{name}:{member.name}"
+            inside = member.name.split("/", 1)
+            target = files.within(dest, inside[1]) if len(inside) == 2 and inside[0] == split else None
+            if member.isdir():
+                continue
+            if not member.isfile() or target is None:
+                kind = "link" if (member.issym() or member.islnk()) else "member"
+                yield Reject(where, STAGE, "unsafe_path", f"{kind} {member.name!r} would land outside {split}/", where)
+                continue
+            if files.is_local(target) and os.path.exists(target) and os.path.getsize(target) == member.size:
+                continue
+            with tar.extractfile(member) as src, files.open_write(target) as out:
+                out.write(src.read())
+            yield Stat(STAGE, "fleurs/extracted")
+
+
+def read(task: ReadTask, split_name: str, locale: str, work_dir: str) -> Iterator:
+    """Source rows become clips keyed by sentence id; translation rows become `Translation`s."""
+    if task.kind == "translation":
+        for item in _rows(task, locale):
+            if isinstance(item, Reject):
+                yield item
+                continue
+            where, fields = item
+            try:
+                text = clean_text(fields[2], "raw_transcription")
+            except BadLine as e:
+                yield Reject(f"{CORPUS}/{locale}#{fields[0]}", STAGE, e.reason, e.detail, where)
+                continue
+            yield f"{CORPUS}:{fields[0]}", Translation(task.lang, text, where)
+        return
+
+    audio_dir = files.join(work_dir, CORPUS, locale, task.split)
+    archive = files.join(task.root, locale, "audio", f"{task.split}.tar.gz")
+    if files.exists(archive):
+        yield from extract_audio(archive, task.split, audio_dir)
+    for item in _rows(task, locale):
+        if isinstance(item, Reject):
+            yield item
+            continue
+        where, (sid, file_name, raw, _, _, num_samples, _) = item
+        uid = f"{CORPUS}/{file_name.rsplit('.', 1)[0]}"
+        try:
+            path = files.within(audio_dir, file_name)
+            if path is None or "/" in file_name:
+                raise BadLine("unsafe_path", f"file_name {file_name!r} is not a plain file name")
+            text = clean_text(raw, "raw_transcription")
+            declared = int(num_samples) / SAMPLING_RATE if num_samples.isdigit() else None
+        except BadLine as e:
+            yield Reject(uid, STAGE, e.reason, e.detail, where)
+            continue
+        yield f"{CORPUS}:{sid}", Utterance(
+            id=uid,
+            corpus=CORPUS,
+            split=split_name,
+            audio=AudioRef(path, 0.0, declared, SAMPLING_RATE),
+            speaker=uid,  # FLEURS names no speakers: each recording counts as its own
+            source_lang="en",
+            source_text=text,
+            where=where,
+        )

@@ -1,0 +1,119 @@
+"""MuST-C: `en-X/data/<split>/txt/<split>.{yaml,en,X}` and talk-long wavs in `<split>/wav/`.
+
+Each YAML line is one segment (`- {duration: .., offset: .., speaker_id: .., wav: ..}`);
+line i of `.en` and `.X` holds its text. Each en-X release ships its own copy of the talks,
+so a segment's id is built from the talk and its offset, which agree across releases.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterator
+
+from .. import files
+from ..records import AudioRef, Reject, Utterance
+from .common import STAGE, BadLine, ReadTask, clean_text, lines
+
+CORPUS = "mustc"
+_FIELD = re.compile(r"(\w+):\s*([^,}]+)")
+
+
+def plan(root: str, langs: list[str], splits: list[str]) -> tuple[list[ReadTask], list[str]]:
+    """Read tasks for every (language, split) present, and the languages with no release."""
+    tasks, missing = [], []
+    for lang in langs:
+        data = files.join(root, f"en-{lang}", "data")
+        if not files.exists(data):
+            missing.append(lang)
+            continue
+        for split in splits:
+            yaml_path = files.join(data, split, "txt", f"{split}.yaml")
+            if files.exists(yaml_path):
+                tasks.append(ReadTask(CORPUS, "pair", lang, split, yaml_path, root))
+    return tasks, missing
+
+
+def segment_id(wav: str, offset: float) -> str:
+    return f"{CORPUS}/{posixpath.splitext(wav)[0]}_{round(offset * 1000)}"
+
+
+def parse_entry(line: str) -> dict[str, str]:
+    body = line.strip()
+    if not (body.startswith("- {") and body.endswith("}")):
+        raise BadLine("malformed_entry", f"not a flow-style YAML list entry: {line[:80]!r}")
+    entry = {k: v.strip() for k, v in _FIELD.findall(body)}
+    for key in ("duration", "offset", "wav"):
+        if key not in entry:
+            raise BadLine("malformed_entry", f"entry has no {key}: {line[:80]!r}")
+    try:
+        float(entry["duration"]), float(entry["offset"])
+    except ValueError:
+        raise BadLine("malformed_entry", f"offset/duration not numbers: {line[:80]!r}") from None
+    return entry
+
+
+def read(task: ReadTask, split_name: str) -> Iterator[tuple[str, Utterance] | Reject]:
+    """Join parts keyed by segment id (talk + offset), in talk and numeric-offset order."""
+    txt = task.path.rsplit("/", 1)[0]
+    rel = f"{CORPUS}/en-{task.lang}/data/{task.split}/txt/{task.split}"
+    entries = lines(task.path)
+    texts = {}
+    for lang in ("en", task.lang):
+        path = files.join(txt, f"{task.split}.{lang}")
+        texts[lang] = lines(path) if files.exists(path) else None
+
+    def where(i: int) -> str:
+        return f"{rel}.yaml:{i + 1}"
+
+    problem = None
+    for lang, got in texts.items():
+        if got is None:
+            problem = ("missing_text", f"{rel}.{lang} does not exist")
+        elif len(got) != len(entries):
+            problem = (
+                "line_count_mismatch",
+                f"{rel}.yaml has {len(entries)} entries but {rel}.{lang} has {len(got)} lines",
+            )
+    if problem:
+        for i in range(len(entries)):
+            yield Reject(f"{rel}.yaml#{i + 1}", STAGE, *problem, where(i))
+        return
+
+    parsed = []
+    for i, line in enumerate(entries):
+        try:
+            if isinstance(line, BadLine):
+                raise line
+            entry = parse_entry(line)
+            for lang in ("en", task.lang):
+                if isinstance(texts[lang][i], BadLine):
+                    bad = texts[lang][i]
+                    raise BadLine(bad.reason, f"{rel}.{lang}: {bad.detail}")
+            parsed.append((entry["wav"], float(entry["offset"]), i, entry))
+        except BadLine as e:
+            yield Reject(f"{rel}.yaml#{i + 1}", STAGE, e.reason, e.detail, where(i))
+
+    wav_dir = files.join(task.root, f"en-{task.lang}", "data", task.split, "wav")
+    for wav, offset, i, entry in sorted(parsed, key=lambda p: (p[0], p[1])):
+        uid = segment_id(wav, offset)
+        try:
+            wav_path = files.within(wav_dir, wav)
+            if wav_path is None:
+                raise BadLine("unsafe_path", f"wav {wav!r} points outside {wav_dir}")
+            source = clean_text(texts["en"][i], f"{rel}.en line {i + 1}")
+            target = clean_text(texts[task.lang][i], f"{rel}.{task.lang} line {i + 1}")
+        except BadLine as e:
+            yield Reject(uid, STAGE, e.reason, e.detail, where(i))
+            continue
+        yield uid, Utterance(
+            id=uid,
+            corpus=CORPUS,
+            split=split_name,
+            audio=AudioRef(wav_path, offset, float(entry["duration"])),
+            speaker=entry.get("speaker_id", posixpath.splitext(wav)[0]),
+            source_lang="en",
+            source_text=source,
+            translations={task.lang: target},
+            where=where(i),
+        )
