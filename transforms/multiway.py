@@ -42,7 +42,7 @@ def merge(key: str, clips: Iterable[Utterance], translations: Iterable[Translati
     for clip in clips:
         by_id.setdefault(clip.id, []).append(clip)
     for uid, parts in by_id.items():
-        first, releases = parts[0], set()
+        first, releases, accepted = parts[0], set(), []
         merged = dict(first.translations)
         for part in parts:
             release = _release(part)
@@ -60,15 +60,17 @@ def merge(key: str, clips: Iterable[Utterance], translations: Iterable[Translati
                     yield Reject(uid, STAGE, "join_conflict", f"{part.where}: {detail}", part.where)
                     continue
                 merged.update(part.translations)
-            yield Stat(STAGE, "parts_merged")
+            accepted.append(part)
         for lang, text in shared.items():
             merged.setdefault(lang, text)
         kept = {lang: merged[lang] for lang in langs if lang in merged}
         if not kept:
-            yield Reject(uid, STAGE, "no_requested_translation",
-                         f"{uid} has translations into {sorted(merged) or 'nothing'}, none of {langs}",
-                         first.where)
+            for part in accepted:
+                yield Reject(uid, STAGE, "no_requested_translation",
+                             f"{uid} has translations into {sorted(merged) or 'nothing'}, none of {langs}",
+                             part.where)
             continue
+        yield Stat(STAGE, "parts_merged", len(accepted))
         yield Stat(STAGE, f"coverage/{first.corpus}/clips")
         for lang in kept:
             yield Stat(STAGE, f"coverage/{first.corpus}/{lang}")
