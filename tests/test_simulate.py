@@ -1,0 +1,387 @@
+"""The simulate stage: pairing, timelines, rendering, determinism, the Beam graph and the published rows."""
+
+import hashlib
+import io
+import json
+import random
+from itertools import pairwise
+
+import apache_beam as beam
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.util import assert_that, equal_to
+from pyannote.core import Annotation, Segment, Timeline
+from pyannote.database.util import load_rttm
+from pyannote.metrics.diarization import DiarizationErrorRate
+from simulforge.transforms import conversations_rows, rooms, simulate, sot
+from simulforge.transforms.records import AudioRef, Conversation, Reject, Stat, Utterance
+from simulforge.transforms.settings import ConfigError
+
+FS = 16000
+FAST = {  # small, dry rooms: RIRs in a fraction of a second
+    "room": {"pool_size": 2, "length_m": [3.0, 4.0], "width_m": [3.0, 4.0], "rt60_s": [0.15, 0.25]},
+    "partner": {"distance_m": [1.0, 2.0]},
+}
+
+
+def _speech_like(seconds: float, seed: int) -> np.ndarray:
+    """A voiced harmonic tone with a gliding pitch, a syllable-rate envelope and breath noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * FS)) / FS
+    f0 = rng.uniform(100, 220) * (1 + 0.05 * np.sin(2 * np.pi * rng.uniform(2, 5) * t))
+    phase = 2 * np.pi * np.cumsum(f0) / FS
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
+    envelope = np.clip(np.sin(2 * np.pi * rng.uniform(3, 5) * t + rng.uniform(0, 6)), 0, None) ** 2
+    x = (voiced + 0.3 * rng.standard_normal(len(t))) * envelope
+    return (0.3 * x / np.abs(x).max()).astype(np.float32)
+
+
+def _flac(samples: np.ndarray, fs: int = FS) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, fs, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def _utterances(
+    count: int, speakers: int, seconds=(1.0, 3.0), split="train", silent=False
+) -> list[Utterance]:
+    rng = np.random.default_rng(count * 1000 + speakers)
+    out = []
+    for i in range(count):
+        length = rng.uniform(*seconds)
+        audio = np.zeros(int(length * FS), np.float32) if silent else _speech_like(length, i)
+        out.append(
+            Utterance(
+                id=f"fixture/{split}_{i:04d}",
+                corpus="fixture",
+                split=split,
+                audio=AudioRef(f"{i}.wav"),
+                speaker=f"spk{i % speakers}",
+                source_lang="en",
+                source_text=f"source words {i}",
+                translations={"de": f"deutsche Worte {i}", "es": f"palabras {i}"},
+                duration_s=len(audio) / FS,
+                flac=_flac(audio),
+            )
+        )
+    return out
+
+
+def _plans(utterances, settings, split="train", group=0):
+    return [
+        p
+        for p in simulate.plan_conversations(split, group, utterances, settings)
+        if isinstance(p, simulate.ConversationPlan)
+    ]
+
+
+def _render(plan, settings, cache=None):
+    items = list(
+        simulate.render_conversation(
+            plan, cache or rooms.RirCache(4), settings=settings, room_specs=simulate.room_pool(settings)
+        )
+    )
+    conversations = [c for c in items if isinstance(c, Conversation)]
+    return (conversations[0] if conversations else None), items
+
+
+def test_conversations_pair_two_speakers_within_the_limits():
+    settings = simulate.load_settings(FAST)
+    utterances = _utterances(60, speakers=6, seconds=(1.0, 9.0))
+    plans = _plans(utterances, settings)
+    used = [t.utterance.id for p in plans for t in p.turns]
+    assert len(used) == len(set(used)) and len(used) >= 50  # each utterance once, few left over
+    lo, hi = settings.pairing.turns
+    for plan in plans:
+        speakers = {
+            role: {t.utterance.speaker for t in plan.turns if t.role == role}
+            for role in (sot.SELF, sot.OTHER)
+        }
+        assert len(speakers[sot.SELF]) == len(speakers[sot.OTHER]) == 1
+        assert speakers[sot.SELF] != speakers[sot.OTHER]
+        assert lo <= len(plan.turns) <= hi
+        assert plan.duration_ms() <= settings.pairing.max_length_s * 1000
+        assert plan.id.startswith("train/conv-") and 0 <= plan.room_index < settings.room.pool_size
+        assert settings.mix.snr_db[0] <= plan.snr_db <= settings.mix.snr_db[1]
+        for role in (sot.SELF, sot.OTHER):  # nobody talks over themselves
+            own = [t for t in plan.turns if t.role == role]
+            assert all(a.start_ms + a.duration_ms <= b.start_ms for a, b in pairwise(own))
+
+
+def test_plans_depend_on_the_data_only():
+    settings = simulate.load_settings(FAST)
+    utterances = _utterances(30, speakers=4)
+    shuffled = random.Random(3).sample(utterances, len(utterances))
+
+    def summary(plans):
+        return [
+            (p.id, p.room_index, p.snr_db, [(t.role, t.utterance.id, t.start_ms) for t in p.turns])
+            for p in plans
+        ]
+
+    assert summary(_plans(utterances, settings)) == summary(_plans(shuffled, settings))
+    assert summary(_plans(utterances, settings)) != summary(
+        _plans(utterances, simulate.load_settings({**FAST, "seed": 5}))
+    )
+
+
+@pytest.mark.parametrize("target", [0.1, 0.2])
+def test_overlap_ratio_lands_on_its_target_over_many_conversations(target):
+    settings = simulate.load_settings({"turn_taking": {"target_overlap_ratio": target}})
+    rng = np.random.default_rng(11)
+    ratios = []
+    for _ in range(400):
+        durations = [int(d) for d in rng.integers(1000, 8000, rng.integers(2, 9))]
+        while sum(durations) > settings.pairing.max_length_s * 1000:  # as pairing guarantees
+            durations.pop()
+        starts = simulate.draw_timeline(durations, rng, settings.turn_taking, settings.pairing.max_length_s)
+        ends = [s + d for s, d in zip(starts, durations, strict=True)]
+        overlap = sum(max(0, e - s) for e, s in zip(ends[:-1], starts[1:], strict=True))
+        ratios.append(overlap / max(ends))
+    assert np.mean(ratios) == pytest.approx(target, abs=0.01)
+
+
+def test_no_overlap_without_overlap_probability():
+    settings = simulate.load_settings(
+        {"turn_taking": {"overlap_probability": 0.0, "target_overlap_ratio": None}}
+    )
+    for plan in _plans(_utterances(20, speakers=3), settings):
+        segments = plan.segments()
+        assert sot.overlap_s(segments) == 0.0
+
+
+def _balance(items) -> tuple[float, float, list[Reject]]:
+    """(in, out, rejects) of the pairing stage: every utterance comes out or is rejected."""
+    count = {
+        name: sum(s.value for s in items if isinstance(s, Stat) and s.name == name) for name in ("in", "out")
+    }
+    return count["in"], count["out"], [r for r in items if isinstance(r, Reject)]
+
+
+def test_too_few_speakers_rejects_each_utterance_with_its_reason():
+    utterances = _utterances(6, speakers=1)
+    items = list(simulate.plan_conversations("test", 0, utterances, simulate.load_settings(FAST)))
+    taken, out, rejects = _balance(items)
+    assert (taken, out) == (6, 0) and not any(isinstance(p, simulate.ConversationPlan) for p in items)
+    assert {r.reason for r in rejects} == {"too_few_speakers"} and {r.id for r in rejects} == {
+        u.id for u in utterances
+    }
+    assert "1 speaker(s)" in rejects[0].detail and rejects[0].stage == simulate.PAIRING_STAGE
+
+
+def test_unusable_utterances_are_rejected_and_every_utterance_is_accounted_for():
+    settings = simulate.load_settings(FAST)
+    good = _utterances(9, speakers=2)
+    bad = [
+        good[0].replace(id="x/no_audio", flac=None),
+        good[0].replace(id="x/rate", flac=_flac(_speech_like(1.0, 1), fs=8000)),
+        good[0].replace(id="x/stereo", flac=_flac(np.zeros((FS, 2), np.float32))),
+        good[0].replace(id="x/long", flac=_flac(np.zeros(FS * 20, np.float32))),
+        good[0].replace(id="x/garbage", flac=b"not a flac file"),
+    ]
+    items = list(simulate.plan_conversations("train", 0, good + bad, settings))
+    taken, out, rejects = _balance(items)
+    assert taken == len(good + bad) == out + len(rejects)
+    by_id = {r.id: r.reason for r in rejects}
+    assert [by_id[u.id] for u in bad] == [
+        "no_audio",
+        "sampling_rate",
+        "not_mono",
+        "too_long",
+        "undecodable_audio",
+    ]
+    assert set(by_id.values()) - {"unpaired"} == {
+        "no_audio",
+        "sampling_rate",
+        "not_mono",
+        "too_long",
+        "undecodable_audio",
+    }
+    placed = {t.utterance.id for p in items if isinstance(p, simulate.ConversationPlan) for t in p.turns}
+    assert len(placed) == out and not placed & set(by_id)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"pairing": {"turns": [1, 4]}}, "turns"),
+        ({"turn_taking": {"overlap_probability": 1.5}}, "overlap_probability"),
+        ({"turn_taking": {"target_overlap_ratio": 0.8}}, "target_overlap_ratio"),
+        ({"turn_taking": {"max_overlap_fraction": 0.9}}, "two"),
+        ({"turn_taking": {"pause": {"shape": 0.0, "scale_s": 1.0}}}, "positive"),
+        ({"sampling_rate": 22050}, "multiple of 1000"),
+        ({"pairing": {"max_length_s": 40, "shuffle": True}}, "unknown key"),
+    ],
+)
+def test_bad_pairing_settings_are_config_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        simulate.load_settings(overrides)
+
+
+def test_rendered_conversation_audio_labels_and_levels():
+    settings = simulate.load_settings({**FAST, "mix": {"snr_db": [40.0, 40.0]}})
+    plan = _plans(_utterances(12, speakers=2, seconds=(2.0, 3.0)), settings)[0]
+    conversation, items = _render(plan, settings)
+    audio, fs = sf.read(io.BytesIO(conversation.flac), dtype="float32")
+    assert fs == FS and audio.shape == (plan.duration_ms() * FS // 1000, 7) and conversation.channels == 7
+    assert conversation.segments == plan.segments()
+    assert sot.split_sot(conversation.sot_text, settings.labels.tokens())[0][0] == plan.turns[0].role
+    assert set(conversation.sot_translations) == {"de", "es"}
+    room = conversation.room
+    assert (
+        json.loads(json.dumps(room)) == room and room["snr_db"] == 40.0 and len(room["mic_positions_m"]) == 7
+    )
+    assert np.abs(audio).max() <= settings.mix.peak_limit + 1e-4
+
+    # SELF is louder than OTHER at the array: compare the stretches where only one of them talks.
+    only = {}
+    for role in (sot.SELF, sot.OTHER):
+        mask = np.zeros(len(audio), bool)
+        for s in conversation.segments:
+            mask[int(s["start_s"] * FS) : int(s["end_s"] * FS)] |= s["speaker"] == role
+        only[role] = mask
+    self_only, other_only = only[sot.SELF] & ~only[sot.OTHER], only[sot.OTHER] & ~only[sot.SELF]
+    assert 10 * np.log10(np.mean(audio[self_only] ** 2) / np.mean(audio[other_only] ** 2)) > 10.0
+    assert any(isinstance(s, Stat) and s.name == "rir_cache/miss" for s in items)
+
+
+def test_two_runs_with_one_seed_give_identical_bytes():
+    settings = simulate.load_settings(FAST)
+    plans = _plans(_utterances(10, speakers=3), settings)[:3]
+    shared = rooms.RirCache(4)
+    first = [_render(p, settings, shared)[0].flac for p in plans]
+    again = [_render(p, settings, rooms.RirCache(0))[0].flac for p in plans]  # recomputed RIRs, fresh run
+    assert first == again
+    other_seed = simulate.load_settings({**FAST, "seed": 99})
+    assert _render(_plans(_utterances(10, speakers=3), other_seed)[0], other_seed)[0].flac not in first
+
+
+def test_beamformer_adds_steered_channels():
+    settings = simulate.load_settings(
+        {
+            **FAST,
+            "array": {"glasses_mics": 6},
+            "beamformer": {"method": "mvdr", "steer_at": ["self", "other"]},
+        }
+    )
+    conversation, _ = _render(_plans(_utterances(6, speakers=2), settings)[0], settings)
+    assert conversation.channels == 8
+    assert conversation.room["channel_names"][-2:] == ["beam_self", "beam_other"]
+    assert sf.info(io.BytesIO(conversation.flac)).channels == 8
+
+
+def test_undecodable_and_silent_audio_are_rejected_per_conversation():
+    settings = simulate.load_settings(FAST)
+    plan = _plans(_utterances(6, speakers=2), settings)[0]
+    broken = plan.turns[1].utterance
+    plan.turns[1].utterance = broken.replace(flac=broken.flac[:200])  # the header survives, the frames do not
+    conversation, items = _render(plan, settings)
+    assert conversation is None and [r.reason for r in items if isinstance(r, Reject)] == [
+        "undecodable_audio"
+    ]
+    silent = _plans(_utterances(6, speakers=2, silent=True), settings)[0]
+    conversation, items = _render(silent, settings)
+    assert conversation is None and [r.reason for r in items if isinstance(r, Reject)] == ["silent_audio"]
+
+
+def test_rows_load_with_datasets_and_decode_to_channels_by_samples(tmp_path):
+    settings = simulate.load_settings(FAST)
+    plans = _plans(_utterances(8, speakers=2), settings)[:2]
+    conversations = [_render(p, settings)[0] for p in plans]
+    languages = ["de", "es", "fr"]  # fr: requested, but no conversation has it
+    features = conversations_rows.conversation_features(languages, FS)
+    rows = [conversations_rows.row(c, languages) for c in conversations]
+    path = tmp_path / "train-00000-of-00001.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=features.arrow_schema), path)
+
+    loaded = datasets.load_dataset("parquet", data_files={"train": str(path)}, split="train")
+    assert loaded.features == features
+    first = loaded[0]
+    samples = first["audio"].get_all_samples()
+    assert tuple(samples.data.shape) == (7, round(rows[0]["duration"] * FS)) and samples.sample_rate == FS
+    assert first["sot_text"] == conversations[0].sot_text
+    assert first["sot_translation"] == {**conversations[0].sot_translations, "fr": None}
+    assert first["segments"][0]["speaker"] in (sot.SELF, sot.OTHER)
+    assert first["room"]["dims_m"] == conversations[0].room["dims_m"]
+    rttm = tmp_path / "first.rttm"
+    rttm.write_text(first["rttm"])
+    truth = Annotation(uri=plans[0].id)
+    for k, turn in enumerate(plans[0].turns):
+        truth[Segment(turn.start_ms / 1000, (turn.start_ms + turn.duration_ms) / 1000), k] = turn.role
+    uem = Timeline([truth.get_timeline().extent()])
+    der = DiarizationErrorRate(collar=0.0, skip_overlap=False)(truth, load_rttm(rttm)[plans[0].id], uem=uem)
+    assert der == pytest.approx(0.0, abs=1e-9)
+
+
+def _run_beam(utterances, settings, out_dir, options):
+    """{conversation id: sha256 of its FLAC}, the reject reasons and the summed stats of one Beam run."""
+    with beam.Pipeline(options=PipelineOptions(options)) as pipeline:
+        conversations, rejects, stats = (
+            pipeline | beam.Create(utterances) | beam.Reshuffle() | simulate.Simulate(settings)
+        )
+        (
+            conversations
+            | beam.Map(lambda c: json.dumps([c.id, hashlib.sha256(c.flac).hexdigest()]))
+            | beam.io.WriteToText(str(out_dir / "digests"))
+        )
+        (
+            rejects
+            | "RejectJson" >> beam.Map(lambda r: json.dumps([r.stage, r.reason]))
+            | "WriteRejects" >> beam.io.WriteToText(str(out_dir / "rejects"))
+        )
+        (
+            stats
+            | "StatJson" >> beam.Map(lambda s: json.dumps([s.stage, s.name, s.value]))
+            | "WriteStats" >> beam.io.WriteToText(str(out_dir / "stats"))
+        )
+
+    def lines(prefix):
+        return [json.loads(line) for f in out_dir.glob(f"{prefix}*") for line in f.read_text().splitlines()]
+
+    sums = {}
+    for stage, name, value in lines("stats"):
+        sums[stage, name] = sums.get((stage, name), 0) + value
+    return dict(lines("digests")), sorted(map(tuple, lines("rejects"))), sums
+
+
+@pytest.mark.slow
+def test_multi_process_runner_gives_the_in_process_bytes(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    settings = simulate.load_settings({**FAST, "pairing": {"group_size": 8}})
+    utterances = _utterances(16, speakers=3, seconds=(0.8, 1.5)) + _utterances(4, speakers=1, split="test")
+    in_process = _run_beam(utterances, settings, tmp_path / "a", [])
+    multi = _run_beam(
+        utterances,
+        settings,
+        tmp_path / "b",
+        ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+    )
+    assert in_process[:2] == multi[:2]  # stats differ where they should: each worker has its own RIR cache
+    digests, rejects, sums = in_process
+    assert rejects.count((simulate.PAIRING_STAGE, "too_few_speakers")) == 4  # the test split has one speaker
+    for stage in (simulate.PAIRING_STAGE, simulate.STAGE):  # each stage balances: in == out + rejected
+        assert sums[stage, "in"] == sums.get((stage, "out"), 0) + sum(1 for s, _ in rejects if s == stage)
+    assert sums[simulate.STAGE, "rir_cache/miss"] + sums.get((simulate.STAGE, "rir_cache/hit"), 0) == len(
+        digests
+    )
+    assert sums[simulate.PAIRING_STAGE, "in"] == len(utterances)
+    groups = {}
+    for utt in utterances:
+        key, _ = simulate.group_key(utt, {"train": 16, "test": 4}, settings.pairing.group_size)
+        groups.setdefault(key, []).append(utt)
+    plans = [p for (split, group), members in groups.items() for p in _plans(members, settings, split, group)]
+    assert len(plans) >= 3 and sums[simulate.STAGE, "in"] == len(plans)
+    assert digests == {p.id: hashlib.sha256(_render(p, settings)[0].flac).hexdigest() for p in plans}
+
+
+def test_disabled_stage_produces_nothing():
+    settings = simulate.load_settings({**FAST, "enabled": False})
+    with beam.Pipeline() as pipeline:
+        outputs = pipeline | beam.Create(_utterances(4, speakers=2)) | simulate.Simulate(settings)
+        for i, output in enumerate(outputs):
+            assert_that(output, equal_to([]), label=f"Empty{i}")
