@@ -30,13 +30,26 @@ def demo_copy(demo_root, tmp_path):
     return dest
 
 
-def curate(input_dir, out_dir, *, langs=("de", "es"), corpora=("mustc", "covost", "fleurs"), beam_args=(),
-           work_dir=None, echo=lambda *_: None):
+def curate(
+    input_dir,
+    out_dir,
+    *,
+    langs=("de", "es"),
+    corpora=("mustc", "covost", "fleurs"),
+    beam_args=(),
+    work_dir=None,
+    echo=lambda *_: None,
+):
     from simulforge.pipeline import config
     from simulforge.pipeline.curate import run
 
-    settings = config.load(overrides=[
-        f"input={input_dir}", f"output={out_dir}", f"work_dir={work_dir or str(out_dir) + '.work'}",
-        f"languages=[{','.join(langs)}]", f"corpora=[{','.join(corpora)}]",
-    ])
+    settings = config.load(
+        overrides=[
+            f"input={input_dir}",
+            f"output={out_dir}",
+            f"work_dir={work_dir or str(out_dir) + '.work'}",
+            f"languages=[{','.join(langs)}]",
+            f"corpora=[{','.join(corpora)}]",
+        ]
+    )
     return run(settings, list(beam_args), echo=echo)

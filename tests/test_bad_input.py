@@ -84,7 +84,10 @@ def test_empty_text_and_non_utf8(demo_copy, tmp_path):
     _, found = run(demo_copy, tmp_path, corpora=("mustc",), langs=("de",))
     by_reason = {r["reason"]: r for r in found}
     assert by_reason["empty_text"]["where"].endswith("train.yaml:1")
-    assert by_reason["non_utf8"]["where"].endswith("train.yaml:2") and "not UTF-8" in by_reason["non_utf8"]["detail"]
+    assert (
+        by_reason["non_utf8"]["where"].endswith("train.yaml:2")
+        and "not UTF-8" in by_reason["non_utf8"]["detail"]
+    )
 
 
 def test_paths_that_escape_the_corpus(demo_copy, tmp_path):
@@ -142,7 +145,9 @@ def test_wrong_rate_and_stereo_are_fixed_and_recorded(demo_copy, tmp_path):
 
 def test_duplicate_ids(demo_copy, tmp_path):
     rows = covost_rows(demo_copy)
-    (demo_copy / "covost" / "covost_v2.en_de.tsv").write_text("\n".join([*rows, rows[1]]) + "\n", encoding="utf-8")
+    (demo_copy / "covost" / "covost_v2.en_de.tsv").write_text(
+        "\n".join([*rows, rows[1]]) + "\n", encoding="utf-8"
+    )
     _, found = run(demo_copy, tmp_path, corpora=("covost",), langs=("de",))
     [r] = found
     assert r["reason"] == "duplicate_id" and r["where"].endswith(f":{len(rows) + 1}")
@@ -156,8 +161,9 @@ def test_language_no_corpus_has_is_a_clear_error(demo_copy, tmp_path):
 def test_covost_has_no_spanish_and_says_so_once(demo_copy, tmp_path):
     said = []
     curate(demo_copy, tmp_path / "out", corpora=("covost",), langs=("de", "es"), echo=said.append)
-    assert [s for s in said if "English→es" in s] == ["covost: no English→es in this corpus; "
-                                                      "curating it for the other languages"]
+    assert [s for s in said if "English→es" in s] == [
+        "covost: no English→es in this corpus; curating it for the other languages"
+    ]
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -167,4 +173,3 @@ def test_config_errors_name_the_key(tmp_path):
         load(overrides=["corpora=[librispeech]"])
     with pytest.raises(ConfigError, match=r"curate.num_shards: expected int"):
         load(overrides=["num_shards=many"])
-

@@ -78,7 +78,8 @@ def test_other_runners_publish_the_same_dataset(runner, curated, demo_root, tmp_
     for split in ref:
         cols = ["id", "source_text", "translation", "duration"]
         assert sorted(zip(*(ds[split][c] for c in cols), strict=True), key=str) == sorted(
-            zip(*(ref[split][c] for c in cols), strict=True), key=str)
+            zip(*(ref[split][c] for c in cols), strict=True), key=str
+        )
     assert stats["stages"] == reference_stats["stages"]
 
 
@@ -90,4 +91,5 @@ def test_rerun_replaces_the_previous_build(demo_root, tmp_path):
     stats = curate(demo_root, out, corpora=("covost",), langs=("de",))
     assert not stray.exists()
     assert set(os.listdir(out / "data" / "offline")) == {
-        f"{s}-00000-of-00001.parquet" for s in stats["published"]["offline"]["rows"]}
+        f"{s}-00000-of-00001.parquet" for s in stats["published"]["offline"]["rows"]
+    }

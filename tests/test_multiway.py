@@ -7,9 +7,18 @@ from simulforge.transforms.records import AudioRef, Reject, Stat, Translation, U
 
 
 def clip(uid="mustc/ted_1_1000", lang="de", text="Hello there.", where="mustc/en-de/x.yaml:1", dur=2.0, **kw):
-    return Utterance(id=uid, corpus=uid.split("/")[0], split="train", audio=AudioRef("t.wav", 1.0, dur),
-                     speaker="spk.1", source_lang="en", source_text=text,
-                     translations={lang: f"{text} ({lang})"} if lang else {}, where=where, **kw)
+    return Utterance(
+        id=uid,
+        corpus=uid.split("/")[0],
+        split="train",
+        audio=AudioRef("t.wav", 1.0, dur),
+        speaker="spk.1",
+        source_lang="en",
+        source_text=text,
+        translations={lang: f"{text} ({lang})"} if lang else {},
+        where=where,
+        **kw,
+    )
 
 
 def run(key, clips, translations=(), langs=("de", "es")):

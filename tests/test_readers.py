@@ -63,5 +63,6 @@ def test_fleurs_extracts_audio_and_keys_recordings_by_sentence_id(demo_root):
     keys = [k for k, _ in clips]
     assert any(keys.count(k) > 1 for k in keys), "some sentence ids have several recordings"
     assert {t.lang for _, t in texts} == {"de", "es"}
-    assert all(os.path.exists(u.audio.path) and u.audio.path.startswith(str(demo_root / "work"))
-               for _, u in clips)
+    assert all(
+        os.path.exists(u.audio.path) and u.audio.path.startswith(str(demo_root / "work")) for _, u in clips
+    )

@@ -1,0 +1,414 @@
+"""The segment stage: every multi-way utterance gets one `Segmentation` per latency level.
+
+Two backends, one contract (DESIGN.md §4): source chunks rebuild the source text, every
+target language has as many chunks as the source, one source chunking is shared by all the
+utterance's languages, and chunk counts never grow from the lowest to the highest latency.
+An utterance leaves with every configured level or as a `Reject` with its reason.
+
+- `align` (the default; needs no key): eflomal word alignments learnt from the corpus, cut
+  where no link crosses (segment_align.py). Corpus-level work happens inside the composite:
+  sentence pairs are grouped per language, aligned once, and joined back by id.
+- `llm`: an OpenAI-compatible chat model, batched, cached and validated (segment_llm.py).
+
+Monotonicity is then measured on what was published (monotonicity.py): the pairs are
+word-aligned again (a fresh eflomal run per language, or simalign) and the crossing counts
+of the offline pair and of every level are emitted as stats; `summarize` turns all the
+stage's summed stats into the `segment` section of stats.json.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import apache_beam as beam
+import yaml
+
+from . import segment_llm
+from .monotonicity import OFFLINE, crossing_stats, measurement_pairs
+from .records import Reject, Stat, Utterance
+from .segment_align import AlignSettings, NoMonotoneSplit, align_corpus, read_parallel, segment_pair
+from .segment_llm import LlmSegmenter, LlmSettings, Outcome
+from .settings import ConfigError, build
+from .stage import run_stage
+
+STAGE = "segment"
+
+
+@dataclass
+class MonotonicitySettings:
+    aligner: Literal["eflomal", "simalign", "off"]  # how published pairs are re-aligned to measure crossings
+    simalign_model: str | None  # a local model directory, passed to simalign as model=<dir>
+
+    def validate(self, where: str) -> None:
+        if self.aligner == "simalign" and not self.simalign_model:
+            raise ConfigError(f"{where}.simalign_model: aligner simalign needs a local model directory")
+
+
+@dataclass
+class SegmentSettings:
+    backend: Literal["align", "llm"]
+    levels: list[str]  # latency levels, lowest first
+    align: AlignSettings
+    llm: LlmSettings
+    monotonicity: MonotonicitySettings
+
+    def validate(self, where: str) -> None:
+        if not self.levels or len(set(self.levels)) != len(self.levels):
+            raise ConfigError(f"{where}.levels: need at least one level and no repeats, got {self.levels}")
+        missing = [level for level in self.levels if level not in self.align.levels]
+        if self.backend == "align" and missing:
+            raise ConfigError(f"{where}.align.levels: no merge rule for level(s) {', '.join(missing)}")
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> SegmentSettings:
+    """The defaults of configs/stages/segment.yaml with `overrides` merged in, validated."""
+    path = Path(str(resources.files("simulforge.configs") / "stages" / "segment.yaml"))
+    return build(SegmentSettings, _merge(yaml.safe_load(path.read_text()), overrides or {}), STAGE)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# -- per-utterance functions (no Beam) ---------------------------------------------------------
+
+
+def _refuse(utt: Utterance) -> Reject | None:
+    """What no backend can segment."""
+    if not utt.source_text.split():
+        return Reject(utt.id, STAGE, "empty_source", "the source text is empty", utt.where)
+    if not utt.translations:
+        return Reject(
+            utt.id, STAGE, "no_translation", "the utterance has no translation to segment", utt.where
+        )
+    empty = sorted(lang for lang, text in utt.translations.items() if not text.split())
+    if empty:
+        return Reject(utt.id, STAGE, "empty_translation", f"empty {', '.join(empty)} translation", utt.where)
+    return None
+
+
+def _audio_stat(utt: Utterance) -> Iterator[Stat]:
+    seconds = utt.duration_s if utt.duration_s is not None else utt.audio.duration_s
+    if seconds is not None:
+        yield Stat(STAGE, "audio_s", seconds)
+
+
+def _chunk_stats(utt: Utterance) -> Iterator[Stat]:
+    for level, seg in utt.segmentations.items():
+        yield Stat(STAGE, f"chunks/{level}", len(seg.source_chunks))
+
+
+def segment_with_links(
+    element: tuple[Utterance, dict[str, set[tuple[int, int]]]], settings: SegmentSettings
+) -> Iterator[Any]:
+    """Alignment backend, one utterance: its symmetrised word links per language are given."""
+    utt, links = element
+    yield from _audio_stat(utt)
+    refused = _refuse(utt)
+    if refused:
+        yield refused
+        return
+    try:
+        segs = segment_pair(
+            utt.source_text,
+            utt.translations,
+            {lang: links.get(lang, set()) for lang in utt.translations},
+            settings.levels,
+            settings.align.levels,
+            settings.align.reject_unsplit_over_words,
+        )
+    except NoMonotoneSplit as e:
+        yield Reject(utt.id, STAGE, "no_monotone_split", str(e), utt.where)
+        return
+    out = utt.replace(segmentations=segs)
+    yield from _chunk_stats(out)
+    yield out
+
+
+def finish_llm(element: tuple[Utterance, Outcome | None]) -> Iterator[Any]:
+    """LLM backend, one utterance: its answer (or why there is none) is given."""
+    utt, outcome = element
+    yield from _audio_stat(utt)
+    if outcome is None:  # _AskLlm asks only for what _refuse lets through
+        yield _refuse(utt)
+        return
+    for name, value in (
+        ("llm/requests", outcome.requests),
+        ("llm/repair_requests", outcome.repair_requests),
+        ("llm/retries", outcome.retries),
+        ("llm/cache_hits", float(outcome.cache_hit)),
+        ("tokens/prompt", outcome.prompt_tokens),
+        ("tokens/completion", outcome.completion_tokens),
+    ):
+        if value:
+            yield Stat(STAGE, name, value)
+    if outcome.segmentations is None:
+        yield Reject(utt.id, STAGE, outcome.reason, outcome.detail, utt.where)
+        return
+    out = utt.replace(segmentations=outcome.segmentations)
+    yield from _chunk_stats(out)
+    yield out
+
+
+def sentence_pairs(utt: Utterance) -> Iterator[tuple[str, tuple[str, str, str]]]:
+    """(lang, (id, source, translation)) for the corpus-level aligner."""
+    if utt.source_text.split():
+        for lang, text in utt.translations.items():
+            if text.split():
+                yield lang, (utt.id, utt.source_text, text)
+
+
+def align_language(group: tuple[str, Any], settings: AlignSettings) -> Iterator[tuple[str, tuple]]:
+    """Align one language's whole corpus; (id, (lang, source, translation, links)) per pair."""
+    lang, entries = group
+    entries = list(entries)
+    extra = read_parallel(settings.extra_parallel[lang]) if lang in settings.extra_parallel else []
+    links = align_corpus([(s, t) for _, s, t in entries], settings.eflomal, extra)
+    for (uid, source, text), found in zip(entries, links, strict=True):
+        yield uid, (lang, source, text, tuple(sorted(found)))
+
+
+def attach_links(joined: tuple[str, dict[str, list]]) -> Iterator[tuple[Utterance, dict[str, set]]]:
+    """Each utterance with the links computed for its own texts (ids may repeat upstream)."""
+    _, grouped = joined
+    for utt in grouped["utt"]:
+        yield (
+            utt,
+            {
+                lang: set(links)
+                for lang, source, text, links in grouped["links"]
+                if source == utt.source_text and utt.translations.get(lang) == text
+            },
+        )
+
+
+def measure_language(group: tuple[str, Any], settings: AlignSettings) -> Iterator[Stat]:
+    """Re-align one language's published pairs and emit their crossing counts."""
+    lang, entries = group
+    entries = list(entries)
+    links = align_corpus([(s, t) for _, s, t, _ in entries], settings.eflomal)
+    for (_, _, _, views), found in zip(entries, links, strict=True):
+        yield from crossing_stats(STAGE, lang, found, views)
+
+
+# -- Beam --------------------------------------------------------------------------------------
+
+
+class _AskLlm(beam.DoFn):
+    """Segments a batch of utterances with the LLM; yields (utterance, Outcome or None)."""
+
+    def __init__(self, settings: SegmentSettings):
+        self.settings = settings
+
+    def setup(self):
+        self.segmenter = LlmSegmenter(self.settings.llm, self.settings.levels)
+
+    def process(self, batch: list[Utterance]):
+        asked = [u for u in batch if _refuse(u) is None]
+        answers = dict(zip(map(id, asked), self.segmenter.segment(asked), strict=True))
+        for u in batch:
+            yield u, answers.get(id(u))
+
+    def teardown(self):
+        self.segmenter.close()
+
+
+class _SimalignCrossings(beam.DoFn):
+    """Crossing counts from simalign (a local multilingual encoder), one pair at a time."""
+
+    def __init__(self, model_dir: str):
+        self.model_dir = model_dir
+
+    def setup(self):
+        from simalign import SentenceAligner
+
+        self.aligner = SentenceAligner(model=self.model_dir, token_type="bpe", matching_methods="m")
+
+    def process(self, entry):
+        lang, (_, source, target, views) = entry
+        links = self.aligner.get_word_aligns(source.split(), target.split())["mwmf"]
+        yield from crossing_stats(STAGE, lang, links, views)
+
+
+class Segment(beam.PTransform):
+    """PCollection[Utterance] -> (segmented utterances, Reject, Stat).
+
+    Configuration problems (no key, unreachable server, missing files or packages) raise
+    ConfigError here, while the pipeline is built, before any work starts.
+    """
+
+    def __init__(self, settings: SegmentSettings, label: str | None = None):
+        super().__init__(label)
+        self.settings = settings
+        _check_ready(settings)
+
+    def expand(self, utts):
+        s = self.settings
+        if s.backend == "llm":
+            size = s.llm.batch_size * s.llm.concurrency
+            answered = (
+                utts
+                | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
+                | "AskLlm" >> beam.ParDo(_AskLlm(s))
+            )
+            out, rejects, stats = run_stage(answered, STAGE, finish_llm)
+        else:
+            aligned = (
+                utts
+                | "SentencePairs" >> beam.FlatMap(sentence_pairs)
+                | "ByLanguage" >> beam.GroupByKey()
+                | "Eflomal" >> beam.FlatMap(align_language, s.align)
+            )
+            keyed = utts | "ById" >> beam.Map(lambda u: (u.id, u))
+            joined = (
+                {"utt": keyed, "links": aligned}
+                | "Join" >> beam.CoGroupByKey()
+                | "AttachLinks" >> beam.FlatMap(attach_links)
+            )
+            out, rejects, stats = run_stage(joined, STAGE, functools.partial(segment_with_links, settings=s))
+        if s.monotonicity.aligner == "off":
+            return out, rejects, stats
+        pairs = out | "MeasurementPairs" >> beam.FlatMap(measurement_pairs)
+        if s.monotonicity.aligner == "simalign":
+            crossing = pairs | "Simalign" >> beam.ParDo(_SimalignCrossings(s.monotonicity.simalign_model))
+        else:
+            crossing = (
+                pairs
+                | "MeasureByLanguage" >> beam.GroupByKey()
+                | "MeasureEflomal" >> beam.FlatMap(measure_language, s.align)
+            )
+        return out, rejects, (stats, crossing) | "AllStats" >> beam.Flatten()
+
+
+def _check_ready(s: SegmentSettings) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    if s.backend == "llm":
+        segment_llm.check_ready(s.llm, s.levels)
+    for lang, path in s.align.extra_parallel.items():
+        if not FileSystems.exists(path):
+            raise ConfigError(f"segment.align.extra_parallel.{lang}: no file at {path}")
+    if s.monotonicity.aligner == "simalign":
+        if importlib.util.find_spec("simalign") is None:
+            raise ConfigError(
+                "segment.monotonicity.aligner: simalign is not installed (pip install simalign)"
+            )
+        if not Path(s.monotonicity.simalign_model).is_dir():
+            raise ConfigError(
+                f"segment.monotonicity.simalign_model: no model directory at {s.monotonicity.simalign_model}"
+            )
+
+
+# -- stats.json --------------------------------------------------------------------------------
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return round(num / den, 4) if den else None
+
+
+def _number(v: float) -> float | int:
+    v = round(float(v), 4)  # sums of per-utterance shares carry float noise
+    return int(v) if v.is_integer() else v
+
+
+def summarize(sums: dict[str, float]) -> dict[str, Any]:
+    """The `segment` section of stats.json from the stage's summed stats.
+
+    Per-utterance figures divide by the utterances that came in (a cached re-run shows 0
+    requests per utterance); per-audio-hour figures by the audio of those utterances.
+    Levels are listed lowest latency first (most chunks per utterance first).
+    """
+    n_in, n_out = sums.get("in", 0), sums.get("out", 0)
+    hours = sums.get("audio_s", 0) / 3600
+    chunks = {name.split("/", 1)[1]: v for name, v in sums.items() if name.startswith("chunks/")}
+    levels = sorted(chunks, key=lambda level: -chunks[level])
+    result: dict[str, Any] = {
+        "utterances": {"in": _number(n_in), "out": _number(n_out), "rejected": _number(n_in - n_out)},
+        "audio_hours": round(hours, 4),
+        "chunks_per_utterance": {level: _ratio(chunks[level], n_out) for level in levels},
+    }
+    if any(name.startswith(("llm/", "tokens/")) for name in sums):
+        requests = sums.get("llm/requests", 0)
+        result["llm"] = {
+            "requests": _number(requests),
+            "requests_per_utterance": _ratio(requests, n_in),
+            "repair_requests": _number(sums.get("llm/repair_requests", 0)),
+            "retries": _number(sums.get("llm/retries", 0)),
+            "cache_hits": _number(sums.get("llm/cache_hits", 0)),
+        }
+        tokens: dict[str, Any] = {}
+        for kind in ("prompt", "completion"):
+            total = sums.get(f"tokens/{kind}", 0)
+            tokens[kind] = _number(total)
+            tokens[f"{kind}_per_utterance"] = _ratio(total, n_in)
+            tokens[f"{kind}_per_audio_hour"] = _ratio(total, hours)
+        result["tokens"] = tokens
+    counts: dict[str, dict[str, dict[str, float]]] = {}
+    for name, v in sums.items():
+        parts = name.split("/")
+        if parts[0] == "crossing" and len(parts) == 4:
+            _, view, lang, kind = parts
+            counts.setdefault(lang, {}).setdefault(view, {})[kind] = v
+    if counts:
+        rates = {
+            lang: {
+                view: _ratio(by_view[view].get("discordant", 0), by_view[view].get("pairs", 0))
+                for view in [OFFLINE, *levels]
+                if view in by_view
+            }
+            for lang, by_view in sorted(counts.items())
+        }
+        result["crossing_rate"] = rates
+        result["crossing_reduction"] = {
+            lang: {
+                level: round(1 - r[level] / r[OFFLINE], 4)
+                for level in levels
+                if r.get(level) is not None and r.get(OFFLINE)
+            }
+            for lang, r in rates.items()
+        }
+    return result
+
+
+def card_section(summary: dict[str, Any]) -> str:
+    """Markdown for the dataset card from `summarize`'s result: cost and, as in EASiST's data
+    table, the crossing rate of the offline pairs vs each latency level's chunked pairs."""
+    lines = ["### Segmentation", ""]
+    u = summary["utterances"]
+    lines.append(
+        f"{u['out']} of {u['in']} utterances segmented ({u['rejected']} rejected, see rejected.jsonl)."
+    )
+    if "llm" in summary:
+        llm, tok = summary["llm"], summary["tokens"]
+        lines.append(
+            f"LLM: {llm['requests']} requests ({llm['requests_per_utterance']} per utterance, "
+            f"{llm['cache_hits']} answers from cache); tokens per utterance {tok['prompt_per_utterance']} prompt / "
+            f"{tok['completion_per_utterance']} completion, per audio hour {tok['prompt_per_audio_hour']} / "
+            f"{tok['completion_per_audio_hour']}."
+        )
+    rates = summary.get("crossing_rate", {})
+    if rates:
+        levels = list(summary["chunks_per_utterance"])
+        lines += [
+            "",
+            "Crossing rate (share of aligned word pairs translated out of reading order; lower is more monotone):",
+            "",
+            "| language | offline | " + " | ".join(levels) + " |",
+            "|---|---|" + "---|" * len(levels),
+        ]
+        for lang, r in rates.items():
+            lines.append(
+                f"| {lang} | {r.get('offline')} | " + " | ".join(str(r.get(level)) for level in levels) + " |"
+            )
+        chunks = ", ".join(f"{level} {n}" for level, n in summary["chunks_per_utterance"].items())
+        lines += ["", f"Chunks per utterance: {chunks}."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,319 @@
+"""Word-alignment segmenter: monotone chunks cut from the reference translation itself.
+
+1. eflomal aligns a language's whole corpus at once (it learns from the corpus's own
+   sentence pairs, plus any extra parallel text), in both directions; the two directions
+   are symmetrised with grow-diag-final-and and projected from tokens to words.
+2. A cut between source words is *monotone* when no link crosses it; the target cut that
+   goes with it is the first target word not linked to the left part. Cuts must be monotone
+   for every target language, so where one language forces a merge, all take the coarser
+   chunking. Each chunk keeps at least one link per language, so no chunk is left without
+   its translation. The result is the minimal monotone units.
+3. Latency levels merge units, each level coarsening the one below it (so chunk counts never
+   grow from low to high latency): a chunk closes once it has `min_words` and either reaches
+   `max_words` or ends a clause; `max_chunks` then keeps the cuts nearest an even split.
+
+Target chunks are spans of the reference translation: nothing is invented.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .records import Segmentation
+from .settings import ConfigError
+
+Link = tuple[int, int]
+
+_WORD_PIECE = re.compile(r"\w+")
+_CLAUSE_END = re.compile(r"[,;:.!?…]$|^[-–—]+$")
+_CLOSERS = "\"'»«“”‘’)]}"
+
+
+@dataclass
+class LevelRule:
+    """How coarse one latency level's chunks are, in source words."""
+
+    min_words: int  # no chunk shorter (a short tail merges into the chunk before it)
+    max_words: int | None  # close a chunk once it is this long; None: only at clause ends
+    clause_breaks: bool  # close a chunk of min_words or more where a clause ends (, ; : . ! ? dash)
+    max_chunks: int | None  # at most this many chunks, cut as evenly as the units allow
+
+    def validate(self, where: str) -> None:
+        if self.min_words < 1:
+            raise ConfigError(f"{where}.min_words: must be at least 1, got {self.min_words}")
+        if self.max_words is not None and self.max_words < self.min_words:
+            raise ConfigError(f"{where}.max_words: {self.max_words} is below min_words {self.min_words}")
+        if self.max_chunks is not None and self.max_chunks < 1:
+            raise ConfigError(f"{where}.max_chunks: must be at least 1, got {self.max_chunks}")
+
+
+@dataclass
+class EflomalSettings:
+    """Passed to `eflomal.Aligner`; see eflomal's documentation."""
+
+    model: int  # 1 IBM1, 2 HMM, 3 HMM + fertility
+    n_samplers: int
+    rel_iterations: float
+    null_prior: float
+
+
+@dataclass
+class AlignSettings:
+    levels: dict[str, LevelRule]  # granularity of each latency level
+    eflomal: EflomalSettings
+    extra_parallel: dict[str, str]  # lang -> TSV of extra "source<TAB>target" lines to learn from
+    reject_unsplit_over_words: int  # a longer sentence that stays one unit is rejected
+
+
+class NoMonotoneSplit(ValueError):
+    """A long sentence whose alignments allow no monotone cut at all."""
+
+
+# -- alignment ---------------------------------------------------------------------------------
+
+
+def alignment_tokens(text: str) -> tuple[list[str], list[int]]:
+    """Lowercased word pieces to align, and the whitespace word each comes from.
+
+    Punctuation is left out: it aligns noisily and chunk cuts fall between words anyway.
+    """
+    tokens, word_of = [], []
+    for w, word in enumerate(text.split()):
+        for piece in _WORD_PIECE.findall(word.lower()):
+            tokens.append(piece)
+            word_of.append(w)
+    return tokens, word_of
+
+
+def grow_diag_final_and(fwd: set[Link], rev: set[Link]) -> set[Link]:
+    """Symmetrise two directional alignments (Koehn et al.'s grow-diag-final-and)."""
+    union = fwd | rev
+    links = fwd & rev
+    src_done = {i for i, _ in links}
+    tgt_done = {j for _, j in links}
+
+    def add(p: Link) -> None:
+        links.add(p)
+        src_done.add(p[0])
+        tgt_done.add(p[1])
+
+    grown = True
+    while grown:
+        grown = False
+        for i, j in sorted(links):
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    p = (i + di, j + dj)
+                    if p in union and p not in links and (p[0] not in src_done or p[1] not in tgt_done):
+                        add(p)
+                        grown = True
+    for direction in (fwd, rev):
+        for i, j in sorted(direction):
+            if i not in src_done and j not in tgt_done:
+                add((i, j))
+    return links
+
+
+def _read_links(path: str) -> list[set[Link]]:
+    with open(path, encoding="utf-8") as f:
+        return [{tuple(map(int, p.split("-"))) for p in line.split()} for line in f]
+
+
+def align_corpus(
+    pairs: Sequence[tuple[str, str]], settings: EflomalSettings, extra: Sequence[tuple[str, str]] = ()
+) -> list[set[Link]]:
+    """Symmetrised word-level links for every (source, target) pair, learnt from all of them.
+
+    `extra` pairs only add training text. Pairs with nothing to align on one side get no links.
+    """
+    import eflomal
+
+    tokenised = [(alignment_tokens(s), alignment_tokens(t)) for s, t in pairs]
+    usable = [k for k, ((s, _), (t, _)) in enumerate(tokenised) if s and t]
+    extra_lines = [
+        (" ".join(s), " ".join(t))
+        for s, t in ((alignment_tokens(a)[0], alignment_tokens(b)[0]) for a, b in extra)
+        if s and t
+    ]
+    result: list[set[Link]] = [set() for _ in pairs]
+    if not usable:
+        return result
+    src_lines = [" ".join(tokenised[k][0][0]) for k in usable] + [s for s, _ in extra_lines]
+    tgt_lines = [" ".join(tokenised[k][1][0]) for k in usable] + [t for _, t in extra_lines]
+    aligner = eflomal.Aligner(
+        model=settings.model,
+        n_samplers=settings.n_samplers,
+        rel_iterations=settings.rel_iterations,
+        null_prior=settings.null_prior,
+    )
+    with tempfile.TemporaryDirectory(prefix="simulforge-eflomal-") as tmp:
+        fwd_path, rev_path = os.path.join(tmp, "fwd"), os.path.join(tmp, "rev")
+        aligner.align(
+            src_lines, tgt_lines, links_filename_fwd=fwd_path, links_filename_rev=rev_path, quiet=True
+        )
+        fwd, rev = _read_links(fwd_path), _read_links(rev_path)
+    for n, k in enumerate(usable):
+        (_, src_word), (_, tgt_word) = tokenised[k]
+        token_links = grow_diag_final_and(fwd[n], rev[n])
+        result[k] = {(src_word[i], tgt_word[j]) for i, j in token_links}
+    return result
+
+
+def read_parallel(path: str) -> list[tuple[str, str]]:
+    """Extra training pairs: one "source<TAB>target" line each, on any Beam filesystem."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pairs = []
+    with FileSystems.open(path) as f:
+        for n, raw in enumerate(f, 1):
+            line = raw.decode("utf-8").rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) != 2:
+                raise ValueError(f"{path}:{n}: expected source<TAB>target, got {len(fields)} field(s)")
+            pairs.append((fields[0], fields[1]))
+    return pairs
+
+
+# -- monotone units ----------------------------------------------------------------------------
+
+
+def _left_max_right_min(n_src: int, links: set[Link]) -> tuple[list[int], list[float]]:
+    """For every cut b (0..n_src): the last target word linked left of b, the first linked right of it."""
+    by_src: list[list[int]] = [[] for _ in range(n_src)]
+    for i, j in links:
+        by_src[i].append(j)
+    left_max = [-1] * (n_src + 1)
+    for b in range(1, n_src + 1):
+        left_max[b] = max([left_max[b - 1], *by_src[b - 1]])
+    right_min: list[float] = [float("inf")] * (n_src + 1)
+    for b in range(n_src - 1, -1, -1):
+        right_min[b] = min([right_min[b + 1], *by_src[b]])
+    return left_max, right_min
+
+
+def monotone_cuts(n_src: int, links_by_lang: dict[str, set[Link]]) -> list[int]:
+    """Source cuts (word counts before each cut) that no link of any language crosses.
+
+    Every resulting chunk holds at least one link in every language.
+    """
+    bounds = {lang: _left_max_right_min(n_src, links) for lang, links in links_by_lang.items()}
+    linked = {lang: {i for i, _ in links} for lang, links in links_by_lang.items()}
+
+    def covered(start: int, end: int) -> bool:
+        return all(any(start <= i < end for i in src) for src in linked.values())
+
+    cuts: list[int] = []
+    start = 0
+    for b in range(1, n_src):
+        if all(lm[b] < rm[b] for lm, rm in bounds.values()) and covered(start, b):
+            cuts.append(b)
+            start = b
+    while cuts and not covered(cuts[-1], n_src):
+        cuts.pop()
+    return cuts
+
+
+def target_cuts(n_src: int, links: set[Link], cuts: Sequence[int], target_words: Sequence[str]) -> list[int]:
+    """The target cut that goes with each monotone source cut.
+
+    Unlinked target words between two chunks may fall on either side. They close the left
+    chunk up to the last one that ends a clause ("... in die Stadt kam, | wurden ..."); the
+    rest open the right chunk (mostly articles and particles that lead into what follows).
+    """
+    left_max, right_min = _left_max_right_min(n_src, links)
+    out = []
+    for b in cuts:
+        lo, hi = left_max[b] + 1, int(right_min[b])
+        out.append(max((c for c in range(lo + 1, hi + 1) if _ends_clause(target_words[c - 1])), default=lo))
+    return out
+
+
+# -- latency levels ----------------------------------------------------------------------------
+
+
+def _ends_clause(word: str) -> bool:
+    return bool(_CLAUSE_END.search(word.rstrip(_CLOSERS) or word))
+
+
+def _even_cuts(cuts: Sequence[int], n_words: int, k: int) -> list[int]:
+    """The k - 1 cuts nearest to an even k-way split."""
+    chosen: list[int] = []
+    for part in range(1, k):
+        later = [c for c in cuts if not chosen or c > chosen[-1]]
+        if not later:
+            break
+        chosen.append(min(later, key=lambda c: abs(c - part * n_words / k)))
+    return chosen
+
+
+def merge_cuts(words: Sequence[str], cuts: Sequence[int], rule: LevelRule) -> list[int]:
+    """The subset of `cuts` that gives this level's chunks."""
+    n = len(words)
+    kept: list[int] = []
+    start = 0
+    for b in cuts:
+        size = b - start
+        clause_end = rule.clause_breaks and _ends_clause(words[b - 1])
+        if size >= rule.min_words and (clause_end or (rule.max_words is not None and size >= rule.max_words)):
+            kept.append(b)
+            start = b
+        elif clause_end and kept and not _ends_clause(words[kept[-1] - 1]):
+            # a clause ends too soon after the last cut: move that cut here, so the short
+            # piece joins the chunk before it instead of carrying the clause end inside
+            # the next chunk (where coarser levels could no longer cut at it)
+            kept[-1] = b
+            start = b
+    if kept and n - kept[-1] < rule.min_words:
+        kept.pop()
+    if rule.max_chunks is not None and len(kept) + 1 > rule.max_chunks:
+        kept = _even_cuts(kept, n, rule.max_chunks)
+    return kept
+
+
+def _spans(words: Sequence[str], cuts: Sequence[int]) -> list[str]:
+    edges = [0, *cuts, len(words)]
+    return [" ".join(words[a:b]) for a, b in zip(edges, edges[1:], strict=False)]
+
+
+def segment_pair(
+    source: str,
+    translations: dict[str, str],
+    links_by_lang: dict[str, set[Link]],
+    levels: Sequence[str],
+    rules: dict[str, LevelRule],
+    reject_unsplit_over_words: int,
+) -> dict[str, Segmentation]:
+    """One `Segmentation` per level, from low to high latency, sharing the source cuts.
+
+    Raises NoMonotoneSplit for a long sentence that no monotone cut can split.
+    """
+    words = source.split()
+    target_words = {lang: text.split() for lang, text in translations.items()}
+    units = monotone_cuts(len(words), links_by_lang)
+    if not units and len(words) > reject_unsplit_over_words:
+        counts = ", ".join(f"{lang}: {len(links_by_lang[lang])} links" for lang in sorted(links_by_lang))
+        raise NoMonotoneSplit(
+            f"{len(words)} source words but no cut keeps every alignment monotone ({counts}); "
+            f"sentences over {reject_unsplit_over_words} words need at least one"
+        )
+    out: dict[str, Segmentation] = {}
+    cuts = units
+    for level in levels:
+        cuts = merge_cuts(words, cuts, rules[level])
+        out[level] = Segmentation(
+            level=level,
+            source_chunks=_spans(words, cuts),
+            target_chunks={
+                lang: _spans(
+                    target_words[lang], target_cuts(len(words), links_by_lang[lang], cuts, target_words[lang])
+                )
+                for lang in translations
+            },
+        )
+    return out
