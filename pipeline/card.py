@@ -49,7 +49,7 @@ def header(configs: dict[str, datasets.Features], stats: dict[str, Any], langs: 
 
 
 def render(configs: dict[str, datasets.Features], stats: dict[str, Any], *, langs: list[str],
-           corpora: dict[str, str], build_info: dict[str, str]) -> str:
+           corpora: dict[str, str], build_info: dict[str, str], sections: list[str] = ()) -> str:
     license_ = most_restrictive(list(corpora.values()))
     head = yaml.safe_dump(header(configs, stats, langs, license_), sort_keys=False, allow_unicode=True)
     lines = [
@@ -79,6 +79,8 @@ def render(configs: dict[str, datasets.Features], stats: dict[str, Any], *, lang
     for stage, e in stats["stages"].items():
         reasons = ", ".join(f"{k}: {v}" for k, v in e["rejected"].items()) or "—"
         lines.append(f"| {stage} | {e['in']} | {e['out']} | {e['rejected_total']} | {reasons} |")
+    for section in sections:
+        lines += ["", section.rstrip()]
     lines += ["", "## How it was built", ""]
     lines += [f"- {k}: `{v}`" for k, v in build_info.items()]
     return "\n".join(lines) + "\n"

@@ -12,10 +12,16 @@ from typing import Any
 
 import yaml
 
+from ..transforms.embed import EmbedSettings
 from ..transforms.readers import CORPORA, CorpusSettings
+from ..transforms.segment import SegmentSettings
 from ..transforms.settings import ConfigError, build
+from ..transforms.simulate import SimulateSettings
 
 LANG_CODE = re.compile(r"^[a-z]{2,3}$")
+DATASET_CONFIGS = ("offline", "simulst", "simulmt", "conversations")
+# Each stage's defaults live in configs/stages/<name>.yaml and form the `<name>:` section.
+STAGE_SECTIONS = ("segment", "embed", "simulate")
 
 
 @dataclass
@@ -29,7 +35,11 @@ class CurateSettings:
     seed: int
     num_shards: int
     beam_args: list[str]
+    configs: list[str]
     corpus: dict[str, CorpusSettings]
+    segment: SegmentSettings
+    embed: EmbedSettings
+    simulate: SimulateSettings
 
     def validate(self, where: str) -> None:
         if not self.languages:
@@ -48,6 +58,10 @@ class CurateSettings:
                 raise ConfigError(f"{where}.corpus.{name}: missing")
         if self.sampling_rate not in (8000, 16000, 22050, 24000, 32000, 44100, 48000):
             raise ConfigError(f"{where}.sampling_rate: {self.sampling_rate} is not a usual audio rate")
+        unknown = [c for c in self.configs if c not in DATASET_CONFIGS]
+        if unknown or "offline" not in self.configs:
+            raise ConfigError(f"{where}.configs: {self.configs} must hold offline and only names from "
+                              f"{', '.join(DATASET_CONFIGS)}")
         if self.num_shards < 0:
             raise ConfigError(f"{where}.num_shards: must be 0 (runner decides) or more")
 
@@ -68,7 +82,11 @@ class CurateSettings:
 
 
 def defaults() -> dict[str, Any]:
-    return yaml.safe_load(resources.files("simulforge.configs").joinpath("curate.yaml").read_text())
+    folder = resources.files("simulforge.configs")
+    data = yaml.safe_load(folder.joinpath("curate.yaml").read_text())
+    for name in STAGE_SECTIONS:
+        data[name] = yaml.safe_load(folder.joinpath("stages", f"{name}.yaml").read_text())
+    return data
 
 
 def deep_merge(base: dict, over: dict) -> dict:

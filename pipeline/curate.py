@@ -19,8 +19,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from .. import __version__
-from ..transforms import files, readers
-from ..transforms.publish import offline_features
+from ..transforms import files, readers, segment
+from ..transforms.embed import teacher_info
 from ..transforms.settings import ConfigError
 from . import card, graph, report
 from .config import CurateSettings
@@ -126,6 +126,23 @@ def _sort_rejects(path: str) -> None:
             f.writelines(lines)
 
 
+def build_info(settings: CurateSettings, summary: dict[str, Any], teacher: dict | None) -> dict[str, str]:
+    seg = settings.segment
+    segmenter = seg.backend if seg.backend == "align" else f"llm {seg.llm.model} (prompt {seg.llm.prompt})"
+    info = {"pipeline": f"simulforge {summary['simulforge']}", "git commit": summary["git_commit"],
+            "config hash": summary["config_hash"], "sampling rate": f"{settings.sampling_rate} Hz",
+            "dataset configs": ", ".join(settings.configs)}
+    if "simulst" in settings.configs or "simulmt" in settings.configs:
+        info["segmenter"] = f"{segmenter}; levels {', '.join(seg.levels)}"
+    if teacher:
+        info["embedding teacher"] = f"{teacher['name']}, {teacher['dim']}-dim, prefix {teacher['prefix']!r}"
+    if "conversations" in settings.configs and settings.simulate.enabled:
+        sim = settings.simulate
+        info["simulation"] = (f"{sim.array.preset} array, RT60 {sim.room.rt60_s} s, SNR {sim.mix.snr_db} dB, "
+                              f"target overlap {sim.turn_taking.target_overlap_ratio}, seed {sim.seed}")
+    return info
+
+
 def run(settings: CurateSettings, extra_beam_args: list[str] | None = None, echo=print) -> dict[str, Any]:
     settings = ensure_input(settings, echo)
     settings.work_dir = os.path.abspath(settings.work_dir) if files.is_local(settings.work_dir) else settings.work_dir
@@ -139,16 +156,22 @@ def run(settings: CurateSettings, extra_beam_args: list[str] | None = None, echo
          f"{len(tasks)} files to read, output {output}")
     started = time.time()
     with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
-        graph.build(p, settings, tasks, staging)
+        parents = graph.build(p, settings, tasks, staging)
     elapsed = time.time() - started
 
     sums = report.load_sums(files.join(staging, graph.SUMS_FILE))
     summary = {
         "simulforge": __version__, "git_commit": git_commit(), "config_hash": settings.fingerprint(),
-        "languages": settings.languages, "corpora": settings.corpora, "beam_args": beam_args,
-        "seed": settings.seed, "wall_s": round(elapsed, 1),
+        "languages": settings.languages, "corpora": settings.corpora, "configs": settings.configs,
+        "beam_args": beam_args, "seed": settings.seed, "wall_s": round(elapsed, 1),
     }
-    stats = report.build_stats(sums, settings_summary=summary, missing=missing)
+    sections = {}
+    if "segment" in sums:
+        sections["segment"] = segment.summarize(sums["segment"])
+    teacher = teacher_info(settings.embed)
+    if teacher:
+        sections["embedding_teacher"] = teacher
+    stats = report.build_stats(sums, parents, run=summary, missing=missing, sections=sections)
     if not stats["balanced"]:
         bad = [s for s, e in stats["stages"].items() if not e["balanced"]]
         raise RunError(f"counts do not add up in stage(s) {', '.join(bad)}; output left in {staging}: "
@@ -158,12 +181,11 @@ def run(settings: CurateSettings, extra_beam_args: list[str] | None = None, echo
     _sort_rejects(files.join(staging, graph.REJECTS_FILE))
     with files.open_write(files.join(staging, "stats.json")) as f:
         f.write(json.dumps(stats, indent=2, ensure_ascii=False).encode())
-    configs = {"offline": offline_features(settings.languages, settings.sampling_rate)}
     text = card.render(
-        configs, stats, langs=settings.languages,
+        graph.features(settings), stats, langs=settings.languages,
         corpora={c: settings.corpus[c].license for c in settings.corpora},
-        build_info={"pipeline": f"simulforge {__version__}", "git commit": summary["git_commit"],
-                    "config hash": summary["config_hash"], "sampling rate": f"{settings.sampling_rate} Hz"},
+        build_info=build_info(settings, summary, teacher),
+        sections=[segment.card_section(sections["segment"])] if "segment" in sections else [],
     )
     with files.open_write(files.join(staging, "README.md")) as f:
         f.write(text.encode())

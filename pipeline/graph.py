@@ -1,4 +1,14 @@
-"""The Beam graph of `curate`: read → multi-way join → audio → publish, with rejects and stats."""
+"""The Beam graph of `curate`.
+
+read → join → audio → embed ─┬─ publish offline
+                              ├─ segment ─┬─ publish simulmt
+                              │           └─ align ── publish simulst
+                              └─ simulate ── publish conversations
+
+Segment and simulate branch off the embedded utterances, so a clip that cannot be
+segmented or aligned still appears in `offline`. Every stage adds its rejects and stats;
+`build` returns each stage's parent so the report can check that counts carry over.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +18,15 @@ import apache_beam as beam
 
 from ..transforms import files
 from ..transforms.audio import attach_audio
+from ..transforms.conversations_rows import conversation_features, row as conversation_row
+from ..transforms.embed import Embed, teacher_info
 from ..transforms.multiway import MultiwayJoin
 from ..transforms.publish import WriteConfig, offline_features, offline_row
 from ..transforms.readers import STAGE as READ, ReadTask, read_task
-from ..transforms.records import Reject, Stat, to_dict
+from ..transforms.records import Stat, to_dict
+from ..transforms.segment import Segment
+from ..transforms.simulate import Simulate
+from ..transforms.simulmt import simulmt_features, simulmt_rows
 from ..transforms.stage import run_stage
 from .config import CurateSettings
 
@@ -24,9 +39,37 @@ def dataset_splits(settings: CurateSettings) -> list[str]:
     return [s for s in SPLITS if s in names] + sorted(names - set(SPLITS))
 
 
-def build(p: beam.Pipeline, settings: CurateSettings, tasks: list[ReadTask], staging: str) -> None:
+def features(settings: CurateSettings):
+    """The `datasets.Features` of every config this run publishes."""
+    langs, rate = settings.languages, settings.sampling_rate
+    teacher = teacher_info(settings.embed)
+    dim = teacher["dim"] if teacher else None
+    out = {"offline": offline_features(langs, rate, dim)}
+    if "simulmt" in settings.configs:
+        out["simulmt"] = simulmt_features(langs)
+    if "conversations" in settings.configs and settings.simulate.enabled:
+        out["conversations"] = conversation_features(langs, settings.simulate.sampling_rate)
+    return out
+
+
+def build(p: beam.Pipeline, settings: CurateSettings, tasks: list[ReadTask], staging: str) -> dict[str, str | None]:
     corpus, work_dir, langs = settings.corpus, settings.work_dir, settings.languages
-    rate = settings.sampling_rate
+    rate, splits, shards = settings.sampling_rate, dataset_splits(settings), settings.num_shards
+    schemas = features(settings)
+    parents: dict[str, str | None] = {}
+    stats, rejects = [], []
+
+    def add(stage, parent, result):
+        parents[stage] = parent
+        out, rej, st = result
+        rejects.append(rej)
+        stats.append(st)
+        return out
+
+    def publish(config, records, parent, to_row):
+        parents[f"publish/{config}"] = parent
+        stats.append(records | f"Publish[{config}]" >> WriteConfig(
+            config, schemas[config], to_row, splits, staging, shards))
 
     def read(task):
         return read_task(task, corpus[task.corpus], work_dir)
@@ -34,18 +77,26 @@ def build(p: beam.Pipeline, settings: CurateSettings, tasks: list[ReadTask], sta
     def audio(utt):
         return attach_audio(utt, rate)
 
-    stats, rejects = [], []
     planned = p | "Tasks" >> beam.Create(tasks) | "Spread" >> beam.Reshuffle()
-    parts, rej, st = run_stage(planned, READ, read)
-    stats.append(st), rejects.append(rej)
-    utts, rej, st = parts | "Join" >> MultiwayJoin(langs)
-    stats.append(st), rejects.append(rej)
-    utts, rej, st = run_stage(utts, "audio", audio)
-    stats.append(st), rejects.append(rej)
+    parts = add(READ, None, run_stage(planned, READ, read))
+    utts = add("join", READ, parts | "Join" >> MultiwayJoin(langs))
+    utts = add("audio", "join", run_stage(utts, "audio", audio))
+    last = "audio"
+    if settings.embed.enabled:
+        utts = add("embed", last, utts | "Embed" >> Embed(settings.embed))
+        last = "embed"
+    publish("offline", utts, last, lambda u: [offline_row(u, langs)])
 
-    stats.append(utts | "Offline" >> WriteConfig(
-        "offline", offline_features(langs, rate), lambda u: [offline_row(u, langs)],
-        dataset_splits(settings), staging, settings.num_shards))
+    if "simulmt" in settings.configs or "simulst" in settings.configs:
+        segmented = add("segment", last, utts | "Segment" >> Segment(settings.segment))
+        if "simulmt" in settings.configs:
+            publish("simulmt", segmented, "segment", lambda u: simulmt_rows(u, langs))
+
+    if "conversations" in settings.configs and settings.simulate.enabled:
+        convs = utts | "Simulate" >> Simulate(settings.simulate)
+        parents["simulate/pairing"] = last
+        convs = add("simulate/render", "simulate/pairing", convs)
+        publish("conversations", convs, "simulate/render", lambda c: [conversation_row(c, langs)])
 
     rejected = tuple(rejects) | "Rejects" >> beam.Flatten()
     _ = (
@@ -63,3 +114,4 @@ def build(p: beam.Pipeline, settings: CurateSettings, tasks: list[ReadTask], sta
         | "StatJson" >> beam.MapTuple(lambda k, v: json.dumps([k[0], k[1], v]))
         | "WriteSums" >> beam.io.WriteToText(files.join(staging, SUMS_FILE), num_shards=1, shard_name_template="")
     )
+    return parents

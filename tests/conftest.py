@@ -38,8 +38,12 @@ def curate(
     corpora=("mustc", "covost", "fleurs"),
     beam_args=(),
     work_dir=None,
+    configs=("offline",),
+    overrides=(),
     echo=lambda *_: None,
 ):
+    """Curate in this process. Only `offline` by default: the stages behind the other configs
+    have their own tests, and the full graph runs in the end-to-end tests."""
     from simulforge.pipeline import config
     from simulforge.pipeline.curate import run
 
@@ -50,6 +54,9 @@ def curate(
             f"work_dir={work_dir or str(out_dir) + '.work'}",
             f"languages=[{','.join(langs)}]",
             f"corpora=[{','.join(corpora)}]",
+            f"configs=[{','.join(configs)}]",
+            *([] if len(configs) > 1 else ["embed.enabled=false"]),
+            *overrides,
         ]
     )
     return run(settings, list(beam_args), echo=echo)

@@ -160,7 +160,7 @@ def test_language_no_corpus_has_is_a_clear_error(demo_copy, tmp_path):
 
 def test_covost_has_no_spanish_and_says_so_once(demo_copy, tmp_path):
     said = []
-    curate(demo_copy, tmp_path / "out", corpora=("covost",), langs=("de", "es"), echo=said.append)
+    curate(demo_copy, tmp_path / "out", corpora=("covost", "mustc"), langs=("de", "es"), echo=said.append)
     assert [s for s in said if "English→es" in s] == [
         "covost: no English→es in this corpus; curating it for the other languages"
     ]

@@ -6,7 +6,7 @@ import json
 import os
 
 from simulforge.pipeline.config import load
-from simulforge.transforms.records import Reject, Translation, Utterance
+from simulforge.transforms.records import Reject, Stat, Translation, Utterance
 from simulforge.transforms.readers import plan, read_task
 from simulforge.transforms.readers.common import tsv_fields
 
@@ -14,7 +14,7 @@ from simulforge.transforms.readers.common import tsv_fields
 def _read_all(root, corpus, langs=("de", "es")):
     settings = load().corpus[corpus]
     tasks, missing = plan(corpus, str(root / corpus), settings, list(langs))
-    items = [x for t in tasks for x in read_task(t, settings, str(root / "work"))]
+    items = [x for t in tasks for x in read_task(t, settings, str(root / "work")) if not isinstance(x, Stat)]
     return tasks, missing, items
 
 

@@ -74,13 +74,15 @@ class WriteConfig(beam.PTransform):
         stage = f"publish/{config}"
 
         def rows(record):
-            for row in to_row(record):
-                yield Stat(stage, f"rows/{record.split}")
-                if "duration" in row:
-                    yield Stat(stage, f"audio_s/{record.split}", row["duration"])
-                yield record.split, row
+            produced = list(to_row(record))
+            yield Stat(stage, f"rows/{record.split}", len(produced))
+            audio = sum(row.get("duration") or 0 for row in produced[:1])  # audio is stored once per record
+            if audio:
+                yield Stat(stage, f"audio_s/{record.split}", audio)
+            yield record.split, produced
 
-        keyed, _, stats = run_stage(records, stage, rows)
+        listed, _, stats = run_stage(records, stage, rows)
+        keyed = listed | f"Rows[{config}]" >> beam.FlatMapTuple(lambda split, rs: ((split, r) for r in rs))
         index = {split: i for i, split in enumerate(self.splits)}
         parts = keyed | f"BySplit[{config}]" >> beam.Partition(lambda kv, n: index[kv[0]], len(self.splits))
         schema = self.features.arrow_schema
