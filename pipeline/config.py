@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
@@ -15,7 +14,7 @@ import yaml
 from ..transforms.embed import EmbedSettings
 from ..transforms.readers import CORPORA, CorpusSettings
 from ..transforms.segment import SegmentSettings
-from ..transforms.settings import ConfigError, build
+from ..transforms.settings import ConfigError, build, deep_merge, stage_defaults
 from ..transforms.simulate import SimulateSettings
 
 LANG_CODE = re.compile(r"^[a-z]{2,3}$")
@@ -82,21 +81,8 @@ class CurateSettings:
 
 
 def defaults() -> dict[str, Any]:
-    folder = resources.files("simulforge.configs")
-    data = yaml.safe_load(folder.joinpath("curate.yaml").read_text())
-    for name in STAGE_SECTIONS:
-        data[name] = yaml.safe_load(folder.joinpath("stages", f"{name}.yaml").read_text())
-    return data
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+    data = yaml.safe_load(resources.files("simulforge.configs").joinpath("curate.yaml").read_text())
+    return {**data, **{name: stage_defaults(name) for name in STAGE_SECTIONS}}
 
 
 def parse_override(item: str) -> dict[str, Any]:

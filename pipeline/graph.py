@@ -18,11 +18,13 @@ import apache_beam as beam
 
 from ..transforms import files
 from ..transforms.audio import attach_audio
-from ..transforms.conversations_rows import conversation_features, row as conversation_row
+from ..transforms.conversations_rows import conversation_features
+from ..transforms.conversations_rows import row as conversation_row
 from ..transforms.embed import Embed, teacher_info
 from ..transforms.multiway import MultiwayJoin
 from ..transforms.publish import WriteConfig, offline_features, offline_row
-from ..transforms.readers import STAGE as READ, ReadTask, read_task
+from ..transforms.readers import STAGE as READ
+from ..transforms.readers import ReadTask, read_task
 from ..transforms.records import Stat, to_dict
 from ..transforms.segment import Segment
 from ..transforms.simulate import Simulate

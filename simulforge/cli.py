@@ -37,9 +37,31 @@ def _curate(args, beam_args: list[str]) -> int:
     return 0
 
 
+# Subcommands that own their argument parsing: name -> (module, help).
+DELEGATED = {
+    "segment-batch": ("simulforge.segment_batch", "LLM segmentation through the Batch API: submit|status|collect"),
+    "export": ("simulforge.export_lhotse", "export a published dataset: `export lhotse DATASET DIR`"),
+    "train": ("simulforge.train", "train a model family from a published dataset"),
+}
+
+
+def _delegate(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module = DELEGATED[name][0]
+    if name == "export":
+        if not argv or argv[0] != "lhotse":
+            print("simulforge export: the one format is lhotse: simulforge export lhotse DATASET DIR", file=sys.stderr)
+            return 2
+        argv = argv[1:]
+    return importlib.import_module(module).main(argv)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="simulforge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    for name, (_, help_) in DELEGATED.items():
+        sub.add_parser(name, help=help_, add_help=False)
 
     d = sub.add_parser("demo-data", help="write the demo corpora (MuST-C, CoVoST 2, FLEURS layouts) to DIR")
     d.add_argument("dir")
@@ -63,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietBeamImport())
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        return _delegate(argv[0], argv[1:])
     args, rest = parser().parse_known_args(argv)
     from .transforms.settings import ConfigError
 

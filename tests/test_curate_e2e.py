@@ -12,8 +12,8 @@ import pytest
 
 from conftest import curate
 
+ALL = ("offline", "simulst", "simulmt", "conversations")
 RUNNERS = {
-    "in_process": [],
     "multi_process": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
     "portable_embed": ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
 }
@@ -27,11 +27,11 @@ def parallel_set():
 @pytest.fixture(scope="module")
 def curated(demo_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("curated") / "in_process"
-    return out, curate(demo_root, out)
+    return out, curate(demo_root, out, configs=ALL)
 
 
-def check_published(out, stats):
-    assert stats["balanced"]
+def check_offline(out, stats):
+    assert stats["balanced"], stats["stages"]
     ds = datasets.load_dataset(str(out), "offline")
     published = stats["published"]["offline"]["rows"]
     assert {s: len(ds[s]) for s in ds} == published
@@ -53,34 +53,52 @@ def check_published(out, stats):
     return ds
 
 
-def test_in_process_publishes_a_loadable_multiway_dataset(curated):
+def test_in_process_publishes_every_config(curated):
     out, stats = curated
-    ds = check_published(out, stats)
+    ds = check_offline(out, stats)
     train = ds["train"]
     assert set(train["corpus"]) == {"mustc", "covost", "fleurs"}
-    both = [t for t in train["translation"] if t["de"] and t["es"]]
-    assert both, "multi-way rows carry both languages"
+    assert [t for t in train["translation"] if t["de"] and t["es"]], "multi-way rows carry both languages"
     assert stats["coverage"]["covost"]["not_in_corpus"] == ["es"]
     assert any("resampled 48000->16000" in fixes for fixes in train["audio_fixes"])
+    assert len(train[0]["embedding"]) == stats["embedding_teacher"]["dim"]
     card = (out / "README.md").read_text()
-    assert "config_name: offline" in card and "cc-by-nc-nd-4.0" in card
-    assert not (out / ".incoming").exists()
+    for config in stats["published"]:
+        assert f"config_name: {config}" in card
+        loaded = datasets.load_dataset(str(out), config)
+        assert {s: len(loaded[s]) for s in loaded} == stats["published"][config]["rows"]
+    assert set(stats["published"]) == set(ALL) - ({"simulst"} if "align" not in stats["stages"] else set())
+    conv = datasets.load_dataset(str(out), "conversations", split="train")[0]
+    assert conv["audio"].get_all_samples().data.shape[0] == 7  # the glasses array
+    assert conv["sot_text"].startswith(("<SELF>", "<OTHER>"))
+    assert "cc-by-nc-nd-4.0" in card and not (out / ".incoming").exists()
+
+
+def _rows(out, config, columns):
+    ds = datasets.load_dataset(str(out), config)
+    return {split: sorted(zip(*(ds[split][c] for c in columns), strict=True), key=str) for split in ds}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("runner", ["multi_process", "portable_embed"])
+@pytest.mark.parametrize("runner", list(RUNNERS))
 def test_other_runners_publish_the_same_dataset(runner, curated, demo_root, tmp_path):
     reference_out, reference_stats = curated
     out = tmp_path / runner
-    stats = curate(demo_root, out, beam_args=RUNNERS[runner], work_dir=str(reference_out) + ".work")
-    ds = check_published(out, stats)
-    ref = datasets.load_dataset(str(reference_out), "offline")
+    stats = curate(demo_root, out, beam_args=RUNNERS[runner], configs=("offline", "conversations"),
+                   work_dir=str(reference_out) + ".work")
+    check_offline(out, stats)
+    columns = ["id", "source_text", "translation", "duration", "embedding"]
+    assert _rows(out, "offline", columns) == _rows(reference_out, "offline", columns)
+    # Conversations draw every choice from seeded RNGs: the same bytes on any runner.
+    ours = datasets.load_dataset(str(out), "conversations").cast_column("audio", datasets.Audio(decode=False))
+    ref = datasets.load_dataset(str(reference_out), "conversations").cast_column(
+        "audio", datasets.Audio(decode=False))
     for split in ref:
-        cols = ["id", "source_text", "translation", "duration"]
-        assert sorted(zip(*(ds[split][c] for c in cols), strict=True), key=str) == sorted(
-            zip(*(ref[split][c] for c in cols), strict=True), key=str
-        )
-    assert stats["stages"] == reference_stats["stages"]
+        a = {r["id"]: r["audio"]["bytes"] for r in ours[split]}
+        b = {r["id"]: r["audio"]["bytes"] for r in ref[split]}
+        assert a == b
+    for stage in ("read", "join", "audio", "embed", "publish/offline", "simulate/pairing", "simulate/render"):
+        assert stats["stages"][stage] == reference_stats["stages"][stage]
 
 
 def test_rerun_replaces_the_previous_build(demo_root, tmp_path):
@@ -91,5 +109,4 @@ def test_rerun_replaces_the_previous_build(demo_root, tmp_path):
     stats = curate(demo_root, out, corpora=("covost",), langs=("de",))
     assert not stray.exists()
     assert set(os.listdir(out / "data" / "offline")) == {
-        f"{s}-00000-of-00001.parquet" for s in stats["published"]["offline"]["rows"]
-    }
+        f"{s}-00000-of-00001.parquet" for s in stats["published"]["offline"]["rows"]}

@@ -85,7 +85,7 @@ def mustc(built):
             tr = (txt / f"{split}.{x}").read_text("utf-8").splitlines()
             assert len(lines) == len(en) == len(tr) > 0
             rows = []
-            for line, e, t in zip(lines, en, tr):
+            for line, e, t in zip(lines, en, tr, strict=True):
                 m = YAML_LINE.match(line)
                 assert m, line
                 rows.append((float(m[1]), float(m[2]), int(m[3]), m[4], m[5], e, t))
@@ -224,7 +224,7 @@ def test_mustc_layout(built, mustc):
                 info = sf.info(str(wav_dir / name))
                 assert (info.samplerate, info.channels, info.subtype) == (SR, 1, "PCM_16")
                 segs = sorted((r[1], r[0]) for r in rows if r[4] == name)
-                for (off, dur), nxt in zip(segs, segs[1:] + [(None, None)]):
+                for (off, dur), nxt in zip(segs, segs[1:] + [(None, None)], strict=True):
                     assert off >= 0.3 - 1e-9 and dur > 0
                     assert off + dur + 0.3 <= info.frames / SR + 1e-9  # silence after
                     if nxt[0] is not None:
@@ -292,7 +292,7 @@ def test_fleurs_layout(built, fleurs_audio):
         for split in SPLITS:
             rows = read_tsv(fl / lang / f"{split}.tsv")
             assert rows and all(len(r) == 7 for r in rows)
-            for sid, name, raw, trans, chars, num, gender in rows:
+            for sid, name, _raw, trans, chars, num, gender in rows:
                 assert sid.isdigit() and re.fullmatch(r"\d+\.wav", name)
                 assert trans == trans.lower() and not re.search(r"[.,?!¿¡;:]", trans)
                 assert chars == " ".join(" ".join(w) + " |" for w in trans.split())

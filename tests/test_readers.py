@@ -6,9 +6,9 @@ import json
 import os
 
 from simulforge.pipeline.config import load
-from simulforge.transforms.records import Reject, Stat, Translation, Utterance
 from simulforge.transforms.readers import plan, read_task
 from simulforge.transforms.readers.common import tsv_fields
+from simulforge.transforms.records import Reject, Stat, Translation, Utterance
 
 
 def _read_all(root, corpus, langs=("de", "es")):

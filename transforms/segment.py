@@ -22,19 +22,17 @@ import functools
 import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import apache_beam as beam
-import yaml
 
 from . import segment_llm
 from .monotonicity import OFFLINE, crossing_stats, measurement_pairs
 from .records import Reject, Stat, Utterance
 from .segment_align import AlignSettings, NoMonotoneSplit, align_corpus, read_parallel, segment_pair
 from .segment_llm import LlmSegmenter, LlmSettings, Outcome
-from .settings import ConfigError, build
+from .settings import ConfigError, load_stage
 from .stage import run_stage
 
 STAGE = "segment"
@@ -67,19 +65,8 @@ class SegmentSettings:
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> SegmentSettings:
-    """The defaults of configs/stages/segment.yaml with `overrides` merged in, validated."""
-    path = Path(str(resources.files("simulforge.configs") / "stages" / "segment.yaml"))
-    return build(SegmentSettings, _merge(yaml.safe_load(path.read_text()), overrides or {}), STAGE)
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-# -- per-utterance functions (no Beam) ---------------------------------------------------------
+    """This stage's defaults (configs/stages/) with `overrides` merged in, validated."""
+    return load_stage(SegmentSettings, STAGE, overrides)
 
 
 def _refuse(utt: Utterance) -> Reject | None:

@@ -78,3 +78,25 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
         return value
     return value
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` laid onto `base`, mappings merged key by key; neither input is changed."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def stage_defaults(name: str) -> dict:
+    """configs/stages/<name>.yaml, where every default of stage `name` lives."""
+    from importlib import resources
+
+    import yaml
+
+    return yaml.safe_load(resources.files("simulforge.configs").joinpath("stages", f"{name}.yaml").read_text())
+
+
+def load_stage(cls: type[T], name: str, overrides: dict | None = None) -> T:
+    """A stage's settings: its defaults with `overrides` merged in, validated."""
+    return build(cls, deep_merge(stage_defaults(name), overrides or {}), name)

@@ -24,18 +24,16 @@ import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from importlib import resources
 from itertools import pairwise
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
 import soundfile as sf
-import yaml
 
 from . import rooms, sot
 from .records import Conversation, Reject, Stat, Utterance
-from .settings import ConfigError, build
+from .settings import ConfigError, load_stage
 from .stage import OUT, REJECTS, STATS, run_stage
 
 # Stage names in stats and rejects: pairing counts utterances, render counts planned conversations.
@@ -127,20 +125,8 @@ class SimulateSettings:
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> SimulateSettings:
-    """The defaults of configs/stages/simulate.yaml with `overrides` merged in, validated."""
-    text = resources.files("simulforge.configs").joinpath("stages/simulate.yaml").read_text()
-    return build(SimulateSettings, _merged(yaml.safe_load(text), overrides or {}), "simulate")
-
-
-def _merged(base: dict, changes: dict) -> dict:
-    out = dict(base)
-    for key, value in changes.items():
-        out[key] = (
-            _merged(base[key], value)
-            if isinstance(value, dict) and isinstance(base.get(key), dict)
-            else value
-        )
-    return out
+    """This stage's defaults (configs/stages/) with `overrides` merged in, validated."""
+    return load_stage(SimulateSettings, "simulate", overrides)
 
 
 def room_pool(settings: SimulateSettings) -> list[rooms.RoomSpec]:

@@ -286,7 +286,7 @@ def _plan(sentences: list[Sentence], n_rounds: int, seed: int) -> _Plan:
                 silences = [rng.randint(300, 1500) for _ in range(size + 1)]
                 talks.append(_Talk(0, split, speaker, segs, silences))
         hi = max(3000, 20 * len(talks) * n_rounds)
-        for talk, number in zip(talks, rng.unique_ints(1, hi, len(talks), talk_numbers)):
+        for talk, number in zip(talks, rng.unique_ints(1, hi, len(talks), talk_numbers), strict=True):
             talk.number = number
         talks.sort(key=lambda t: t.number)
         plan.talks.append(talks)
