@@ -24,14 +24,15 @@ STAMP := $(VENV)/.installed
 INPUT ?=
 OUTPUT ?= out
 CORPORA ?=
+RUNNER ?=
 BEAM_ARGS ?=
 CURATE_FLAGS = $(if $(LANGUAGES),--langs $(LANGUAGES)) $(if $(INPUT),--input $(INPUT)) \
-	--output $(OUTPUT) $(if $(CORPORA),--corpora $(CORPORA))
+	--output $(OUTPUT) $(if $(CORPORA),--corpora $(CORPORA)) $(if $(RUNNER),--runner-profile $(RUNNER))
 
 .PHONY: help setup system curate demo-data test lint bench clean
 
 help:
-	@echo "make curate LANG=de,es [INPUT=dir] [OUTPUT=dir] [CORPORA=mustc,covost,fleurs] [BEAM_ARGS='...']"
+	@echo "make curate LANG=de,es [INPUT=dir] [OUTPUT=dir] [CORPORA=mustc,covost,fleurs] [RUNNER=profile] [BEAM_ARGS='...']"
 	@echo "make test | make lint | make bench | make demo-data DIR=dir | make clean"
 
 system:

@@ -33,6 +33,7 @@ class CurateSettings:
     sampling_rate: int
     seed: int
     num_shards: int
+    runner: str
     beam_args: list[str]
     configs: list[str]
     corpus: dict[str, CorpusSettings]
@@ -75,7 +76,7 @@ class CurateSettings:
     def fingerprint(self) -> str:
         """Hash of everything that shapes the output (not where it goes), for the card."""
         d = asdict(self)
-        for key in ("output", "work_dir", "beam_args"):
+        for key in ("output", "work_dir", "runner", "beam_args"):
             d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 

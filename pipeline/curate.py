@@ -16,13 +16,12 @@ import time
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from .. import __version__
 from ..transforms import files, readers, segment
 from ..transforms.embed import teacher_info
 from ..transforms.settings import ConfigError
-from . import card, graph, report
+from . import card, graph, report, runners
 from .config import CurateSettings
 
 log = logging.getLogger("simulforge.curate")
@@ -146,16 +145,18 @@ def build_info(settings: CurateSettings, summary: dict[str, Any], teacher: dict 
 def run(settings: CurateSettings, extra_beam_args: list[str] | None = None, echo=print) -> dict[str, Any]:
     settings = ensure_input(settings, echo)
     settings.work_dir = os.path.abspath(settings.work_dir) if files.is_local(settings.work_dir) else settings.work_dir
+    beam_args = runners.beam_args(settings.runner, settings.beam_args, list(extra_beam_args or []))
+    options = runners.validate(beam_args, {"input": settings.input, "output": settings.output,
+                                           "work_dir": settings.work_dir})
     tasks, missing = plan(settings, echo)
     output = settings.output
     staging = files.join(output, INCOMING)
     _remove(staging)
-    beam_args = [*settings.beam_args, *(extra_beam_args or [])]
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker process
     echo(f"curating {', '.join(settings.corpora)} for English→{', '.join(settings.languages)}: "
          f"{len(tasks)} files to read, output {output}")
     started = time.time()
-    with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
+    with beam.Pipeline(options=options) as p:
         parents = graph.build(p, settings, tasks, staging)
     elapsed = time.time() - started
 

@@ -25,7 +25,7 @@ def _curate(args, beam_args: list[str]) -> int:
     from .pipeline import config, curate
 
     overrides = list(args.set or [])
-    for key in ("input", "output", "work_dir"):
+    for key in ("input", "output", "work_dir", "runner"):
         if getattr(args, key) is not None:
             overrides.append(f"{key}={getattr(args, key)}")
     if args.langs:
@@ -77,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--output", help="dataset folder to publish into")
     c.add_argument("--corpora", help="comma-separated subset of mustc,covost,fleurs")
     c.add_argument("--work-dir", dest="work_dir", help="extracted archives and caches")
+    c.add_argument("--runner-profile", dest="runner", help="a profile of configs/runners.yaml (default: direct)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
     return p
 

@@ -1,0 +1,86 @@
+"""Beam options from the config: runner profiles, validation before any work, cluster checks.
+
+The same graph runs everywhere; what differs is the flags. A cluster run needs its runner's
+required options and storage every worker can reach (no local paths for input, output or
+the work directory), and we say which is missing before the pipeline is built.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import yaml
+from apache_beam.options.pipeline_options import (
+    FlinkRunnerOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    PortableOptions,
+    SetupOptions,
+    SparkRunnerOptions,
+    StandardOptions,
+    WorkerOptions,
+)
+
+from ..transforms.settings import ConfigError
+
+LOCAL_RUNNERS = {"DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
+
+
+def profiles() -> dict[str, list[str]]:
+    return yaml.safe_load(resources.files("simulforge.configs").joinpath("runners.yaml").read_text())
+
+
+def beam_args(profile: str | None, config_args: list[str], cli_args: list[str]) -> list[str]:
+    known = profiles()
+    if profile is not None and profile not in known:
+        raise ConfigError(f"runner profile {profile!r}: known profiles are {', '.join(known)}")
+    return [*(known[profile] if profile else []), *config_args, *cli_args]
+
+
+def _runner(options: PipelineOptions) -> str:
+    name = options.view_as(StandardOptions).runner or "DirectRunner"
+    return name if isinstance(name, str) else type(name).__name__
+
+
+def validate(args: list[str], paths: dict[str, str | None]) -> PipelineOptions:
+    """PipelineOptions for `args`, or a ConfigError naming what a runner still needs.
+
+    `paths` are the folders the run reads and writes ({"output": ..., "work_dir": ...}).
+    """
+    options = PipelineOptions(args)
+    runner = _runner(options)
+    missing: list[str] = []
+    if runner == "DataflowRunner":
+        gcp = options.view_as(GoogleCloudOptions)
+        missing += [f"--{k}" for k in ("project", "region", "temp_location") if not getattr(gcp, k)]
+        if gcp.temp_location and not gcp.temp_location.startswith("gs://"):
+            raise ConfigError(f"--temp_location: Dataflow needs a gs:// location, got {gcp.temp_location}")
+        worker, setup = options.view_as(WorkerOptions), options.view_as(SetupOptions)
+        if not (worker.sdk_container_image or setup.extra_packages or setup.setup_file):
+            missing.append("--sdk_container_image (the image built from the Dockerfile) or "
+                           "--extra_package=dist/simulforge-*.tar.gz")
+    elif runner == "FlinkRunner":
+        # "[auto]"/"[local]" would start a Flink of its own: a download that cluster users do not want.
+        if options.view_as(FlinkRunnerOptions).flink_master in (None, "", "[auto]", "[local]"):
+            missing.append("--flink_master=HOST:PORT")
+    elif runner == "SparkRunner":
+        spark = options.view_as(SparkRunnerOptions).get_all_options(drop_default=True)
+        if not spark.get("spark_master_url"):
+            missing.append("--spark_master_url=spark://HOST:7077")
+    elif runner == "PortableRunner":
+        if not options.view_as(PortableOptions).job_endpoint:
+            missing.append("--job_endpoint=HOST:PORT (or embed)")
+    if missing:
+        raise ConfigError(f"{runner} needs {', '.join(missing)}")
+    if runner not in LOCAL_RUNNERS and not _is_embedded(options):
+        local = {k: v for k, v in paths.items() if v and "://" not in v}
+        if local:
+            raise ConfigError(f"{runner} runs on workers that cannot see this machine's disk: "
+                              + ", ".join(f"{k}={v}" for k, v in local.items())
+                              + " must be on shared storage (gs://, s3://, hdfs://)")
+    return options
+
+
+def _is_embedded(options: PipelineOptions) -> bool:
+    portable = options.view_as(PortableOptions)
+    return portable.job_endpoint == "embed" or portable.environment_type == "LOOPBACK"

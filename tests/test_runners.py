@@ -1,0 +1,45 @@
+"""Runner options are validated before any work: what a cluster run lacks is named."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulforge.pipeline import runners
+from simulforge.transforms.settings import ConfigError
+
+REMOTE = {"input": "gs://b/raw", "output": "gs://b/out", "work_dir": "gs://b/work"}
+
+
+def test_profiles_come_first_and_the_command_line_last():
+    args = runners.beam_args("direct-mp", ["--direct_num_workers=4"], ["--direct_num_workers=2"])
+    assert args[0] == "--runner=DirectRunner" and args[-1] == "--direct_num_workers=2"
+    with pytest.raises(ConfigError, match="known profiles are direct, direct-mp"):
+        runners.beam_args("yarn", [], [])
+
+
+def test_dataflow_without_temp_location_is_refused_with_its_name():
+    args = runners.beam_args("dataflow", [], ["--project=p", "--sdk_container_image=img"])
+    with pytest.raises(ConfigError, match=r"DataflowRunner needs --temp_location"):
+        runners.validate(args, REMOTE)
+    runners.validate([*args, "--temp_location=gs://b/tmp"], REMOTE)
+
+
+def test_dataflow_needs_the_worker_code_and_gs_temp():
+    base = ["--runner=DataflowRunner", "--project=p", "--region=r"]
+    with pytest.raises(ConfigError, match="sdk_container_image"):
+        runners.validate([*base, "--temp_location=gs://b/t"], REMOTE)
+    with pytest.raises(ConfigError, match="needs a gs:// location"):
+        runners.validate([*base, "--temp_location=/tmp/t", "--sdk_container_image=i"], REMOTE)
+
+
+@pytest.mark.parametrize(("profile", "flag"), [("flink", "--flink_master"), ("spark", "--spark_master_url")])
+def test_job_server_runners_name_their_master(profile, flag):
+    with pytest.raises(ConfigError, match=flag):
+        runners.validate(runners.beam_args(profile, [], []), REMOTE)
+
+
+def test_cluster_runs_refuse_local_paths():
+    args = runners.beam_args("flink", [], ["--flink_master=h:8081"])
+    with pytest.raises(ConfigError, match="output=out"):
+        runners.validate(args, {**REMOTE, "output": "out"})
+    runners.validate(runners.beam_args("portable-embed", [], []), {"output": "out"})
