@@ -76,8 +76,10 @@ def build(p: beam.Pipeline, settings: CurateSettings, tasks: list[ReadTask], sta
     def read(task):
         return read_task(task, corpus[task.corpus], work_dir)
 
+    clips_dir = files.join(work_dir, "clips")
+
     def audio(utt):
-        return attach_audio(utt, rate)
+        return attach_audio(utt, rate, clips_dir)
 
     planned = p | "Tasks" >> beam.Create(tasks) | "Spread" >> beam.Reshuffle()
     parts = add(READ, None, run_stage(planned, READ, read))

@@ -178,7 +178,7 @@ def test_unusable_utterances_are_rejected_and_every_utterance_is_accounted_for()
     settings = simulate.load_settings(FAST)
     good = _utterances(9, speakers=2)
     bad = [
-        good[0].replace(id="x/no_audio", flac=None),
+        good[0].replace(id="x/no_audio", flac=None, duration_s=None),
         good[0].replace(id="x/rate", flac=_flac(_speech_like(1.0, 1), fs=8000)),
         good[0].replace(id="x/stereo", flac=_flac(np.zeros((FS, 2), np.float32))),
         good[0].replace(id="x/long", flac=_flac(np.zeros(FS * 20, np.float32))),

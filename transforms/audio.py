@@ -1,15 +1,20 @@
-"""The audio stage: read each clip once, check it, bring it to the dataset's format, attach FLAC.
+"""The audio stage: read each clip once, check it, bring it to the dataset's format.
 
 MuST-C clips are cut from a talk-long wav, CoVoST clips are 48 kHz MP3, FLEURS clips are
-wavs; all leave this stage as mono FLAC at the dataset sampling rate. Resampling and
-downmixing are not errors (corpora ship such files) but are recorded on the record and counted.
+wavs; all leave this stage as mono FLAC at the dataset sampling rate, written once to the
+work directory. The record then points at that file instead of carrying the bytes, so the
+shuffles after this stage move small records and no worker holds the corpus's audio;
+stages that need samples open the clip with `clip_file`. Resampling and downmixing are not
+errors (corpora ship such files) but are recorded on the record and counted.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -82,8 +87,24 @@ def decode_flac(data: bytes) -> tuple[np.ndarray, int]:
     return samples, rate
 
 
-def attach_audio(utt: Utterance, target_rate: int) -> Iterator[Utterance | Reject | Stat]:
-    """Stage function: the utterance with `flac` and `duration_s` set, or a reject."""
+def clip_path(clips_dir: str, utt_id: str) -> str:
+    """Where the audio stage keeps a clip: one folder per corpus, names made safe."""
+    parts = [re.sub(r"[^A-Za-z0-9._-]", "_", p).lstrip(".") or "_" for p in utt_id.split("/")]
+    return files.join(clips_dir, *parts) + ".flac"
+
+
+def clip_file(utt: Utterance) -> BinaryIO:
+    """The clip after the audio stage (mono FLAC at the dataset rate), in memory or in the work dir."""
+    return io.BytesIO(utt.flac) if utt.flac is not None else files.open_read(utt.audio.path)
+
+
+def clip_bytes(utt: Utterance) -> bytes:
+    with clip_file(utt) as f:
+        return f.read()
+
+
+def attach_audio(utt: Utterance, target_rate: int, clips_dir: str) -> Iterator[Utterance | Reject | Stat]:
+    """Stage function: the utterance pointing at its normalised clip, with `duration_s`, or a reject."""
     try:
         data, rate = read_clip(utt.audio)
     except AudioError as e:
@@ -97,4 +118,8 @@ def attach_audio(utt: Utterance, target_rate: int) -> Iterator[Utterance | Rejec
         yield Stat(STAGE, fix.split()[0])
     duration = len(samples) / target_rate
     yield Stat(STAGE, "audio_s", duration)
-    yield utt.replace(flac=encode_flac(samples, target_rate), duration_s=duration, audio_fixes=fixes)
+    path = clip_path(clips_dir, utt.id)
+    with files.open_write(path) as f:
+        f.write(encode_flac(samples, target_rate))
+    yield utt.replace(audio=AudioRef(path, 0.0, duration, target_rate), flac=None, duration_s=duration,
+                      audio_fixes=fixes)

@@ -15,6 +15,7 @@ import apache_beam as beam
 import datasets
 
 from . import files
+from .audio import clip_bytes
 from .records import Stat, Utterance
 from .stage import run_stage
 
@@ -43,7 +44,7 @@ def offline_row(utt: Utterance, langs: list[str]) -> dict[str, Any]:
     row = {
         "id": utt.id,
         "corpus": utt.corpus,
-        "audio": {"bytes": utt.flac, "path": utt.id.replace("/", "_") + ".flac"},
+        "audio": {"bytes": clip_bytes(utt), "path": utt.id.replace("/", "_") + ".flac"},
         "duration": utt.duration_s,
         "speaker": utt.speaker,
         "source_lang": utt.source_lang,

@@ -3,8 +3,8 @@
 Records are plain dataclasses: Beam pickles them between workers, unit tests build them
 by hand, and `to_dict` gives the JSON-able form used for rejects and side files.
 An `Utterance` grows as it passes the stages (like a lhotse cut gaining supervisions):
-the audio stage attaches the clip as FLAC, segment adds `segmentations`, align adds
-`timing`, embed adds `embedding`.
+the audio stage points `audio` at the normalised FLAC clip, segment adds `segmentations`,
+align adds `timing`, embed adds `embedding`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Utterance:
     where: str = ""  # provenance in the input ("en-de/data/train/txt/train.yaml:12")
     # Filled by later stages.
     duration_s: float | None = None
-    flac: bytes | None = None  # the clip, mono, at the dataset sampling rate
+    flac: bytes | None = None  # the clip in memory (mono FLAC at the dataset rate); else audio.path holds it
     audio_fixes: list[str] = field(default_factory=list)  # e.g. ["resampled 48000->16000", "downmixed 2->1"]
     segmentations: dict[str, Segmentation] = field(default_factory=dict)
     timing: Timing | None = None

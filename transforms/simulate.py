@@ -32,6 +32,7 @@ import numpy as np
 import soundfile as sf
 
 from . import rooms, sot
+from .audio import clip_file
 from .records import Conversation, Reject, Stat, Utterance
 from .settings import ConfigError, load_stage
 from .stage import OUT, REJECTS, STATS, run_stage
@@ -263,11 +264,12 @@ def _deal(
 
 def _usable_duration_ms(utt: Utterance, settings: SimulateSettings) -> tuple[int, tuple[str, str] | None]:
     """The clip's length in whole milliseconds, or (reason, detail) why it cannot join a conversation."""
-    if not utt.flac:
-        return 0, ("no_audio", "the utterance carries no FLAC clip")
+    if utt.duration_s is None:
+        return 0, ("no_audio", "the utterance has not been through the audio stage")
     try:
-        info = sf.info(io.BytesIO(utt.flac))
-    except sf.SoundFileError as e:
+        with clip_file(utt) as f:
+            info = sf.info(f)
+    except (sf.SoundFileError, OSError) as e:
         return 0, ("undecodable_audio", f"the FLAC clip does not decode: {e}")
     if info.samplerate != settings.sampling_rate:
         return 0, ("sampling_rate", f"{info.samplerate} Hz; the stage runs at {settings.sampling_rate} Hz")
@@ -385,10 +387,9 @@ def render_conversation(
     talking = np.zeros((2, samples), bool)
     for turn in plan.turns:
         try:
-            clip, _ = sf.read(
-                io.BytesIO(turn.utterance.flac), dtype="float32", frames=turn.duration_ms * fs // 1000
-            )
-        except sf.SoundFileError as e:
+            with clip_file(turn.utterance) as f:
+                clip, _ = sf.read(f, dtype="float32", frames=turn.duration_ms * fs // 1000)
+        except (sf.SoundFileError, OSError) as e:
             yield Reject(plan.id, STAGE, "undecodable_audio", f"utterance {turn.utterance.id}: {e}")
             return
         role, start = _ROLE_INDEX[turn.role], turn.start_ms * fs // 1000
