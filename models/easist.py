@@ -1,0 +1,336 @@
+"""EASiST (papers/003): a fully unidirectional LLM-based SimulST model.
+
+    features -> StreamingEncoder (block-causal, KV cache) -> BlockConvAdapter (per block: two
+    stride-2 convs, then a linear map into the LM's width) -> decoder-only LM over an interleaved
+    sequence  [prompt, speech_1, <|end-of-read|>, y_1, <|end-of-write|>, speech_2, ...]
+    -> next-token logits, and a policy head (Linear(D_lm, 2)) on the last hidden state: read/write.
+
+A training example is a `Layout`: a list of `Speech` (a run of encoder blocks, with a policy
+label at each block's last position) and `Text` (token ids, which ones are predicted, policy
+labels) segments. One `forward` serves every stage: text-only layouts (stage I SimulMT / MT),
+prompt + all speech + translation (offline ST), and interleaved chunks (SimulST); it returns the
+cross-entropy per task and the policy loss, and the recipe weighs them.
+
+Streaming inference keeps the encoder's and the LM's KV caches in an `EasistState`: `read`
+encodes one block, feeds its adapter frames to the LM and returns p(write); `write` appends
+<|end-of-read|> and decodes greedily until <|end-of-write|>. Nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .blocks import lengths_to_mask
+from .encoder import EncoderConfig, EncoderState, FeatureNorm, StreamingEncoder
+
+
+@dataclass
+class LMConfig:
+    path: str | None = None  # a local Hugging Face causal-LM folder (e.g. Llama-3-8B-Instruct)
+    config: dict[str, Any] | None = None  # or a small HF config (with model_type) trained from scratch
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    gradient_checkpointing: bool = False
+
+    def validate(self) -> None:
+        if (self.path is None) == (self.config is None):
+            raise ValueError("model.lm: give exactly one of path (local pretrained LM) or config (from scratch)")
+        if self.path is not None and not Path(self.path).is_dir():
+            raise FileNotFoundError(f"model.lm.path: local LM folder {self.path} does not exist")
+        if self.config is not None and "model_type" not in self.config:
+            raise ValueError("model.lm.config needs a model_type (e.g. llama)")
+
+
+@dataclass
+class EasistConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    adapter_dim: int = 512  # channels of the adapter's convolutions
+    adapter_kernel: int = 5
+    policy_threshold: float = 0.5  # tau: write when p(write) exceeds it
+    vocab_size: int | None = None  # the tokenizer's; the LM's embeddings are resized to it
+    # Token ids, filled from the tokenizer by the trainer.
+    pad_id: int = 0
+    eor_id: int = -1  # <|end-of-read|>
+    eow_id: int = -1  # <|end-of-write|>
+
+    def validate(self) -> None:
+        self.lm.validate()
+        if self.eor_id < 0 or self.eow_id < 0:
+            raise ValueError("model.eor_id / eow_id are not set (the tokenizer sets them)")
+
+
+@dataclass
+class Speech:
+    """Encoder blocks [start, stop) of the utterance; policy[i] labels the last position of block start+i."""
+
+    start: int
+    stop: int
+    policy: list[int]  # 0 read, 1 write, -100 unlabelled
+
+
+@dataclass
+class Text:
+    ids: list[int]
+    predict: list[bool]  # token i is a cross-entropy target (predicted from the position before it)
+    policy: list[int]
+
+
+@dataclass
+class Layout:
+    """One training sequence; `task` names its cross-entropy term (e.g. simulst, st, simulmt, mt)."""
+
+    task: str
+    segments: list[Speech | Text]
+    utterance: int = -1  # row of the batch's features the Speech segments read (-1: text only)
+
+
+class BlockConvAdapter(nn.Module):
+    """Per encoder block: two Conv1d (kernel 5, stride 2, zero padding inside the block) and a
+    linear map to the LM width. A block of L frames gives ceil(ceil(L/2)/2) LM positions and never
+    looks at another block, so streaming and offline agree."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, block_len: int, kernel: int = 5):
+        super().__init__()
+        self.block_len, pad = block_len, kernel // 2
+        self.conv1 = nn.Conv1d(d_in, d_hidden, kernel, stride=2, padding=pad)
+        self.conv2 = nn.Conv1d(d_hidden, d_hidden, kernel, stride=2, padding=pad)
+        self.proj = nn.Linear(d_hidden, d_out)
+
+    @staticmethod
+    def out_len(n: Tensor | int):
+        half = (n + 1) // 2
+        return (half + 1) // 2
+
+    def _convs(self, x: Tensor, valid: Tensor) -> Tensor:
+        """x: (N, L, D) blocks, valid: (N,) frames -> (N, P, D_out), zeros past each block's end."""
+        x = x * lengths_to_mask(valid, x.shape[1])[..., None]
+        h = F.gelu(self.conv1(x.transpose(1, 2)))
+        h = h * lengths_to_mask((valid + 1) // 2, h.shape[2])[:, None, :]
+        h = F.gelu(self.conv2(h))
+        return self.proj(h.transpose(1, 2))
+
+    def forward(self, enc: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """enc: (B, S, D), lengths: (B,) -> per-block outputs (B, n_blocks, P, D_out), valid counts (B, n_blocks)."""
+        B, S, D = enc.shape
+        L = self.block_len
+        n_blocks = -(-S // L)
+        enc = F.pad(enc, (0, 0, 0, n_blocks * L - S)).view(B * n_blocks, L, D)
+        starts = torch.arange(n_blocks, device=enc.device) * L
+        valid = (lengths[:, None] - starts[None, :]).clamp(0, L)  # (B, n_blocks)
+        out = self._convs(enc, valid.flatten())
+        return out.view(B, n_blocks, *out.shape[1:]), self.out_len(valid)
+
+    def forward_block(self, block: Tensor) -> Tensor:
+        """One block (B, <= L, D) -> (B, out_len, D_out)."""
+        valid = torch.full((block.shape[0],), block.shape[1], device=block.device)
+        return self._convs(block, valid)
+
+
+def build_lm(cfg: LMConfig, vocab_size: int) -> nn.Module:
+    """The causal LM: loaded from a local folder (never downloaded) or built from a small config."""
+    cfg.validate()
+    from transformers import AutoConfig, AutoModelForCausalLM  # imported only by the models that need it
+
+    dtype = getattr(torch, cfg.dtype)
+    if cfg.path is not None:
+        lm = AutoModelForCausalLM.from_pretrained(cfg.path, local_files_only=True, dtype=dtype)
+    else:
+        options = dict(cfg.config)
+        lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(options.pop("model_type"), vocab_size=vocab_size,
+                                                                   **options), dtype=dtype)
+    if lm.get_input_embeddings().num_embeddings < vocab_size:
+        lm.resize_token_embeddings(vocab_size)
+    if cfg.gradient_checkpointing:
+        lm.gradient_checkpointing_enable()
+    return lm
+
+
+@dataclass
+class EasistState:
+    encoder: EncoderState
+    lm_cache: Any  # the LM's KV cache (a transformers Cache), None before the first token
+    hidden: Tensor | None  # (1, D_lm) last hidden state
+    positions: int = 0  # LM positions so far
+
+
+class Easist(nn.Module):
+    def __init__(self, cfg: EasistConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.encoder = StreamingEncoder(cfg.encoder)
+        self.lm = build_lm(cfg.lm, cfg.vocab_size)
+        d_lm = self.lm.get_input_embeddings().embedding_dim
+        self.adapter = BlockConvAdapter(cfg.encoder.d_model, cfg.adapter_dim, d_lm, cfg.encoder.block_len,
+                                        cfg.adapter_kernel)
+        self.policy = nn.Linear(d_lm, 2)
+
+    @property
+    def feature_norm(self) -> FeatureNorm:
+        return self.encoder.norm
+
+    # -- the LM's parts ------------------------------------------------------------------------
+    def _embed_tokens(self, ids: Tensor) -> Tensor:
+        return self.lm.get_input_embeddings()(ids)
+
+    def _hidden(self, embeds: Tensor, attention_mask: Tensor | None = None, cache: Any = None) -> tuple[Tensor, Any]:
+        out = self.lm.base_model(inputs_embeds=embeds, attention_mask=attention_mask, past_key_values=cache,
+                                 use_cache=cache is not None or not self.training)
+        return out.last_hidden_state, out.past_key_values
+
+    def _logits(self, hidden: Tensor) -> Tensor:
+        return self.lm.get_output_embeddings()(hidden)
+
+    def _policy(self, hidden: Tensor) -> Tensor:
+        """(N, D_lm) last hidden states -> (N, 2) read/write logits (float32 whatever the LM's dtype)."""
+        return self.policy(hidden.to(self.policy.weight.dtype)).float()
+
+    # -- training ------------------------------------------------------------------------------
+    def forward(self, layouts: list[Layout], feats: Tensor | None = None, feat_lengths: Tensor | None = None
+                ) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """Teacher-forced interleaved sequences.
+
+        Args:
+            layouts: one per sequence of the batch.
+            feats: (N, T, n_mels) features of the utterances the layouts' Speech segments read.
+        Returns:
+            ({"ce/<task>": mean CE, "policy": mean policy CE (if labelled)}, metrics).
+        """
+        blocks = counts = None
+        if feats is not None:
+            enc, enc_lengths = self.encoder(feats, feat_lengths)
+            blocks, counts = self.adapter(enc, enc_lengths)  # (N, n_blocks, P, D), (N, n_blocks)
+            blocks = blocks.to(self._embed_tokens(torch.zeros(1, dtype=torch.long, device=feats.device)).dtype)
+        pieces, targets, policy, tasks = [], [], [], []
+        for layout in layouts:
+            emb, tgt, pol = self._assemble(layout, blocks, counts)
+            pieces.append(emb)
+            targets.append(tgt)
+            policy.append(pol)
+            tasks.append(layout.task)
+        lengths = torch.tensor([p.shape[0] for p in pieces], device=pieces[0].device)
+        embeds = nn.utils.rnn.pad_sequence(pieces, batch_first=True)
+        targets = nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=-100)
+        policy = nn.utils.rnn.pad_sequence(policy, batch_first=True, padding_value=-100)
+        hidden, _ = self._hidden(embeds, lengths_to_mask(lengths, embeds.shape[1]).long())
+        losses, metrics = {}, {}
+        for task in dict.fromkeys(tasks):
+            rows = torch.tensor([t == task for t in tasks], device=hidden.device)
+            where = (targets != -100) & rows[:, None]
+            if where.any():
+                logits = self._logits(hidden[where]).float()
+                losses[f"ce/{task}"] = F.cross_entropy(logits, targets[where])
+                metrics[f"ce/{task}"] = losses[f"ce/{task}"].item()
+        labelled = policy != -100
+        if labelled.any():
+            logits = self._policy(hidden[labelled])
+            losses["policy"] = F.cross_entropy(logits, policy[labelled])
+            metrics["policy"] = losses["policy"].item()
+            metrics["policy_acc"] = (logits.argmax(-1) == policy[labelled]).float().mean().item()
+        if not losses:  # nothing labelled in this batch: a zero that still has a graph
+            losses["ce/none"] = hidden.sum() * 0.0
+        return losses, metrics
+
+    def _assemble(self, layout: Layout, blocks: Tensor | None, counts: Tensor | None
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+        """One layout -> embeddings (L, D), next-token targets (L,), policy labels (L,)."""
+        device = self.policy.weight.device
+        embs, token, predict, policy = [], [], [], []
+        for seg in layout.segments:
+            if isinstance(seg, Text):
+                ids = torch.tensor(seg.ids, dtype=torch.long, device=device)
+                embs.append(self._embed_tokens(ids))
+                token += seg.ids
+                predict += seg.predict
+                policy += seg.policy
+                continue
+            for b, label in zip(range(seg.start, seg.stop), seg.policy, strict=True):
+                n = int(counts[layout.utterance, b])
+                embs.append(blocks[layout.utterance, b, :n])
+                token += [-100] * n
+                predict += [False] * n
+                policy += [-100] * (n - 1) + [label]
+        emb = torch.cat(embs)
+        token_t = torch.tensor(token, device=device)
+        predict_t = torch.tensor(predict, device=device)
+        # Position p predicts the token at p + 1 when that token is a target.
+        target = torch.full_like(token_t, -100)
+        target[:-1] = torch.where(predict_t[1:], token_t[1:], -100)
+        return emb, target, torch.tensor(policy, device=device)
+
+    # -- streaming inference -------------------------------------------------------------------
+    def _feed(self, embeds: Tensor, state: EasistState) -> EasistState:
+        hidden, cache = self._hidden(embeds, None, state.lm_cache if state.lm_cache is not None else _new_cache())
+        return EasistState(state.encoder, cache, hidden[:, -1], state.positions + embeds.shape[1])
+
+    def start(self, prompt_ids: list[int], device=None) -> EasistState:
+        """A fresh stream with the prompt already in the LM's cache."""
+        state = EasistState(self.encoder.init_state(1, device), None, None, 0)
+        if prompt_ids:
+            state = self._feed(self._embed_tokens(torch.tensor([prompt_ids], device=device)), state)
+        return state
+
+    def read(self, block_feats: Tensor, state: EasistState) -> tuple[float, EasistState]:
+        """Encode one block (1, <= block_frames, n_mels), feed it to the LM -> (p(write), state)."""
+        enc, enc_state = self.encoder.forward_block(block_feats, state.encoder)
+        speech = self.adapter.forward_block(enc).to(self._embed_tokens(torch.zeros(1, dtype=torch.long,
+                                                                                   device=enc.device)).dtype)
+        state = self._feed(speech, EasistState(enc_state, state.lm_cache, state.hidden, state.positions))
+        p_write = self._policy(state.hidden).softmax(-1)[0, 1].item()
+        return p_write, state
+
+    def write(self, state: EasistState, max_tokens: int = 50) -> tuple[list[int], EasistState]:
+        """Append <|end-of-read|>, decode greedily until <|end-of-write|> (fed too) or max_tokens."""
+        device = self.policy.weight.device
+        token, out = self.cfg.eor_id, []
+        while True:
+            state = self._feed(self._embed_tokens(torch.tensor([[token]], device=device)), state)
+            if token == self.cfg.eow_id:
+                break
+            token = int(self._logits(state.hidden).argmax(-1))
+            if token != self.cfg.eow_id:
+                if len(out) == max_tokens:
+                    token = self.cfg.eow_id  # forced end: the cache still gets <|end-of-write|>
+                else:
+                    out.append(token)
+        return out, state
+
+    @torch.no_grad()
+    def simultaneous_generate(self, feats: Tensor, prompt_ids: list[int], threshold: float | None = None,
+                              max_tokens_per_write: int = 50) -> tuple[list[int], list[int]]:
+        """Adaptive SimulST of one utterance (1, T, n_mels): read blocks until p(write) > tau, then write.
+
+        Returns (tokens, delays), delays[i] = blocks read when token i was written.
+        """
+        tau = self.cfg.policy_threshold if threshold is None else threshold
+        state, block = self.start(prompt_ids, feats.device), self.cfg.encoder.block_frames
+        n_blocks = -(-feats.shape[1] // block)
+        tokens, delays = [], []
+        for i in range(n_blocks):
+            p_write, state = self.read(feats[:, i * block:(i + 1) * block], state)
+            if p_write > tau or i == n_blocks - 1:
+                new, state = self.write(state, max_tokens_per_write)
+                tokens += new
+                delays += [i + 1] * len(new)
+        return tokens, delays
+
+    @torch.no_grad()
+    def generate(self, feats: Tensor, prompt_ids: list[int], max_tokens: int = 200) -> list[int]:
+        """Offline ST: read every block, then write once."""
+        state, block = self.start(prompt_ids, feats.device), self.cfg.encoder.block_frames
+        for i in range(-(-feats.shape[1] // block)):
+            _, state = self.read(feats[:, i * block:(i + 1) * block], state)
+        tokens, _ = self.write(state, max_tokens)
+        return tokens
+
+
+def _new_cache():
+    from transformers import DynamicCache
+
+    return DynamicCache()

@@ -1,0 +1,193 @@
+"""The training YAML: read, merged with `--set` overrides, checked against dataclasses.
+
+Every default lives in configs/models/*.yaml; the dataclasses here only describe the shape, so
+an unknown key or a wrong type is refused with its dotted name before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration, dataset or tokenizer that cannot be trained on; raised before training starts."""
+
+
+@dataclass
+class DataConfig:
+    sampling_rate: int = 16000
+    n_mels: int = 80
+    train_split: str = "train"
+    valid_split: str | None = None
+    limit: int | None = None  # use only the first N rows of each split (quick runs)
+    max_frames: int = 20000  # length bucketing: padded feature frames (or text tokens x 4) per batch
+    max_batch: int = 32
+    bucket_window: int = 1000  # sort by length within windows of this many shuffled rows
+    max_seconds: float | None = None  # drop longer utterances
+    cache_dir: str | None = None  # datasets cache (decoded features land here); None: <out>/cache
+    num_proc: int | None = None  # processes computing features
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "sentencepiece"  # sentencepiece | hf
+    path: str | None = None  # a given tokenizer (.model file, or an HF tokenizer folder); None: train one
+    vocab_size: int = 1000
+    model_type: str = "unigram"  # sentencepiece: unigram | bpe
+    add_missing: bool = False  # hf: add the special tokens the model needs (an LLM's vocabulary grows)
+    max_sentences: int = 200000
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    grad_clip: float = 1.0
+    accum_steps: int = 1
+    log_every: int = 10
+    ckpt_every: int = 500
+    eval_every: int = 0  # 0: only at the end of a stage (when a valid split is set)
+    progress: bool = True
+
+
+@dataclass
+class InitConfig:
+    path: str  # a local state dict (.pt/.safetensors) or a run's model.pt
+    into: str = ""  # module prefix to load into, e.g. "st.encoder."
+    strip: str = ""  # prefix to remove from the file's keys first
+    strict: bool = False
+
+
+@dataclass
+class StageConfig:
+    name: str
+    task: str
+    config: str  # the dataset config it reads (offline, simulst, simulmt, conversations)
+    steps: int | None = None
+    epochs: float | None = None
+    lr: float | None = None
+    warmup_steps: int | None = None
+    accum_steps: int | None = None
+    max_frames: int | None = None
+    trainable: list[str] | None = None  # parameter-name globs; None: everything
+    init: InitConfig | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # the task's own options (checked by the task)
+
+
+@dataclass
+class RunConfig:
+    family: str
+    model: dict[str, Any]
+    stages: list[StageConfig]
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def build(cls: type, data: Any, where: str) -> Any:
+    """Instantiate dataclass `cls` from plain YAML data, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}" if where else f.name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where or 'config'}: missing required key {f.name!r}")
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {hint}")
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {hint}")
+
+
+def merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_override(data: dict, override: str) -> dict:
+    """`a.b.c=value` (value parsed as YAML) set into `data`; list items by index (`stages.0.steps=5`)."""
+    if "=" not in override:
+        raise ConfigError(f"--set {override!r}: expected KEY=VALUE")
+    key, raw = override.split("=", 1)
+    node, parts = data, key.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = yaml.safe_load(raw)
+    else:
+        node[last] = yaml.safe_load(raw)
+    return data
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> tuple[RunConfig, dict]:
+    """The run config of a YAML file with overrides applied -> (RunConfig, the plain data)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    for override in overrides:
+        data = apply_override(data, override)
+    return build(RunConfig, data, ""), data
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses -> plain YAML-able data."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,277 @@
+"""Recipes: a run config -> checked inputs -> tokenizer -> model -> its stages, in order.
+
+Every check happens before the first step: local paths (tokenizer, LM, init weights), the
+dataset's configs, splits and columns, the task options, the tokenizer's special tokens, the
+model config. Then each stage trains in `<out>/<stage>/` (checkpoint.pt while running, model.pt
+and done.json when finished); a rerun skips finished stages and resumes the running one exactly.
+The run's final weights, tokenizer and resolved config (`run.yaml`) are what `load_run` reads.
+
+Stages per family (configs/models/*.yaml):
+- waitk (bilingual / separate / unified; sync or async wait-k): `st`.
+- jstar: `mt` (text-to-text transducer pretraining of slow encoder + ST head), then `joint`.
+- samu: `distill` (speech -> sentence embedding, cosine), then `st` (adapters, decoder).
+- easist: `simulmt` (LM learns the interleaved format), `st` (LM frozen), `sft` (+ policy).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from simulforge.models import registry
+
+from . import data as D
+from .config import ConfigError, InitConfig, RunConfig, StageConfig, build, to_plain
+from .loop import FINAL, JsonlLog, StagePlan, resolve_device, seed_everything, train_stage
+from .tasks import END_OF_READ, END_OF_WRITE, TASKS, Task
+from .tokenizer import Tokenizer, build_tokenizer, lang_tag, load_tokenizer
+
+TOKENIZER_FILE, RUN_FILE = "tokenizer.model", "run.yaml"
+
+
+# -- families: special tokens and the ids the model config takes from the tokenizer ---------------
+def _waitk_specials(cfg) -> list[str]:
+    return [lang_tag(lang) for lang in cfg.languages] if cfg.decoder_mode == "unified" else []
+
+
+def _waitk_finalize(cfg, tok: Tokenizer) -> None:
+    cfg.decoder.vocab_size = tok.vocab_size
+    cfg.pad_id, cfg.bos_id, cfg.eos_id = tok.pad_id, tok.bos_id, tok.eos_id
+    if cfg.decoder_mode == "unified":
+        cfg.lang_token_ids = {lang: tok.piece_id(lang_tag(lang)) for lang in cfg.languages}
+
+
+def _specials(family: str, cfg) -> list[str]:
+    if family == "waitk":
+        return _waitk_specials(cfg)
+    if family == "samu":
+        return _waitk_specials(cfg.st)
+    if family == "easist":
+        return [END_OF_READ, END_OF_WRITE]
+    return []
+
+
+def _finalize(family: str, cfg, tok: Tokenizer) -> None:
+    if family == "waitk":
+        _waitk_finalize(cfg, tok)
+    elif family == "samu":
+        _waitk_finalize(cfg.st, tok)
+    elif family == "jstar":
+        cfg.vocab_size, cfg.blank_id = tok.vocab_size, tok.pad_id
+    elif family == "easist":
+        cfg.vocab_size, cfg.pad_id = tok.vocab_size, tok.pad_id
+        cfg.eor_id, cfg.eow_id = tok.piece_id(END_OF_READ), tok.piece_id(END_OF_WRITE)
+
+
+def build_model_config(family: str, model: dict[str, Any]):
+    try:
+        entry = registry.get(family)
+    except KeyError as e:
+        raise ConfigError(f"family: {e.args[0]}") from None
+    return build(entry.config, model, "model")
+
+
+def make_model(family: str, model_cfg) -> nn.Module:
+    try:
+        return registry.get(family).model(model_cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+# -- checks before anything runs --------------------------------------------------------------
+def check_paths(cfg: RunConfig) -> None:
+    """Every local path the config names must exist."""
+    if cfg.tokenizer.path and not Path(cfg.tokenizer.path).exists():
+        raise ConfigError(f"tokenizer.path: {cfg.tokenizer.path} does not exist")
+    lm = cfg.model.get("lm") if isinstance(cfg.model.get("lm"), dict) else None
+    if lm and lm.get("path") and not Path(lm["path"]).is_dir():
+        raise ConfigError(f"model.lm.path: local LM folder {lm['path']} does not exist")
+    for stage in cfg.stages:
+        if stage.init is not None and not Path(stage.init.path).is_file():
+            raise ConfigError(f"stages.{stage.name}.init.path: local weights {stage.init.path} do not exist")
+
+
+@dataclass
+class PreparedStage:
+    cfg: StageConfig
+    task: Task
+    train: Any  # datasets.Dataset
+    valid: Any | None
+
+
+def _open(data: str, stage: StageConfig, task: Task, split: str, cfg: RunConfig, cache_dir: str):
+    where = f"stages.{stage.name}"
+    ds = D.open_split(data, stage.config, split, cache_dir, cfg.data.limit)
+    D.check_columns(ds, task.columns(), where)
+    task.check_features(ds.features)
+    return ds
+
+
+def _materialize(ds, task: Task, cfg: RunConfig, stage: StageConfig):
+    """Features (audio tasks, cached by datasets), then the rows the task keeps."""
+    if task.needs_audio:
+        ds = D.add_features(ds, cfg.data.sampling_rate, cfg.data.n_mels, task.mono, cfg.data.num_proc)
+        if hasattr(task, "check_width"):
+            task.check_width(ds.features)
+    elif "audio" in ds.column_names:
+        ds = ds.remove_columns(["audio"])
+    plain = ds.remove_columns([c for c in ("features",) if c in ds.column_names])
+    limit = None if cfg.data.max_seconds is None else cfg.data.max_seconds / D.FRAME_HOP_S
+    keep = [i for i, row in enumerate(plain) if task.keep(row) and (limit is None or row.get("n_frames", 0) <= limit)]
+    if not keep:
+        raise ConfigError(f"stages.{stage.name}: no usable rows in dataset config {stage.config!r}")
+    ds = ds.select(keep)
+    if task.needs_audio:
+        ds = ds.with_format("torch", columns=["features"], output_all_columns=True)
+    return ds
+
+
+def _plan(prepared: PreparedStage, cfg: RunConfig, index: int) -> StagePlan:
+    stage, task, ds = prepared.cfg, prepared.task, prepared.train
+    examples = task.examples(len(ds))
+    if task.needs_audio:
+        frames = ds.with_format(None)["n_frames"]
+        lengths = [int(frames[row]) for row, _ in examples]
+    else:
+        rows = list(ds)
+        lengths = [task.text_length(rows[row]) for row, _ in examples]
+    batcher = D.BucketBatches(lengths, stage.max_frames or cfg.data.max_frames, cfg.data.max_batch,
+                              cfg.data.bucket_window, cfg.train.seed + index)
+    accum = stage.accum_steps or cfg.train.accum_steps
+    if stage.steps is not None:
+        steps = stage.steps
+    elif stage.epochs is not None:
+        steps = max(1, math.ceil(stage.epochs * len(batcher) / accum))
+    else:
+        raise ConfigError(f"stages.{stage.name}: give steps or epochs")
+    warmup = cfg.train.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
+
+    def collate(ids: list[int], source=ds, examples=examples) -> Any:
+        picked = [examples[i] for i in ids]
+        return task.collate(D.rows_at(source, [r for r, _ in picked]), [v for _, v in picked])
+
+    valid = None
+    if prepared.valid is not None:
+        v_examples = task.examples(len(prepared.valid))
+        v_batches = [list(range(i, min(i + cfg.data.max_batch, len(v_examples))))
+                     for i in range(0, len(v_examples), cfg.data.max_batch)]
+
+        def valid() -> list[Any]:
+            return [collate(b, prepared.valid, v_examples) for b in v_batches]
+
+    return StagePlan(name=stage.name, steps=steps, lr=stage.lr or cfg.train.lr, warmup_steps=min(warmup, steps),
+                     accum_steps=accum, trainable=stage.trainable, batches=batcher.epoch, collate=collate,
+                     loss=task.loss, valid=valid)
+
+
+def load_init(model: nn.Module, init: InitConfig, where: str) -> dict[str, int]:
+    """Local pretrained weights into (part of) the model; returns counts of loaded/missing keys."""
+    path = Path(init.path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = state.get("model", state) if isinstance(state, dict) else state
+    state = {init.into + k[len(init.strip):]: v for k, v in state.items() if k.startswith(init.strip)}
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise ConfigError(f"{where}.init: no tensor of {init.path} fits the model (check into/strip)")
+    if init.strict and len(matched) != len(state):
+        raise ConfigError(f"{where}.init: {len(state) - len(matched)} tensors of {init.path} do not fit the model")
+    model.load_state_dict(matched, strict=False)
+    return {"loaded": len(matched), "skipped": len(state) - len(matched)}
+
+
+# -- the run ------------------------------------------------------------------------------------
+def run(cfg: RunConfig, data: str, out: str | Path, only_stage: str | None = None, stop_after: int | None = None,
+        echo: bool = True) -> dict[str, Any]:
+    """Train every stage of `cfg` on the published dataset `data` into `out`; returns the summaries."""
+    out = Path(out)
+    check_paths(cfg)
+    model_cfg = build_model_config(cfg.family, cfg.model)
+    tasks_of = TASKS[cfg.family]
+    names = [s.name for s in cfg.stages]
+    if not cfg.stages or len(set(names)) != len(names):
+        raise ConfigError(f"stages: need at least one stage, with distinct names; got {names}")
+    if only_stage is not None and only_stage not in names:
+        raise ConfigError(f"--stage {only_stage}: the config's stages are {', '.join(names)}")
+    tasks = []
+    for stage in cfg.stages:
+        if stage.task not in tasks_of:
+            raise ConfigError(f"stages.{stage.name}.task: {cfg.family} has tasks {', '.join(tasks_of)}, "
+                              f"not {stage.task!r}")
+        tasks.append(tasks_of[stage.task](stage.options, model_cfg, f"stages.{stage.name}.options"))
+
+    cache_dir = cfg.data.cache_dir or str(out / "cache")
+    opened = [(_open(data, s, t, cfg.data.train_split, cfg, cache_dir),
+               _open(data, s, t, cfg.data.valid_split, cfg, cache_dir) if cfg.data.valid_split else None)
+              for s, t in zip(cfg.stages, tasks, strict=True)]
+
+    specials = list(dict.fromkeys(_specials(cfg.family, model_cfg) + [s for t in tasks for s in t.specials()]))
+
+    def texts():
+        return itertools.chain.from_iterable(t.texts(train) for t, (train, _) in zip(tasks, opened, strict=True))
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(cfg.tokenizer, specials, texts, out / TOKENIZER_FILE)
+    for t in tasks:
+        t.tok = t.tok or tok
+    _finalize(cfg.family, model_cfg, tok)
+
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    model = make_model(cfg.family, model_cfg).to(device)
+
+    prepared = [PreparedStage(s, t, _materialize(tr, t, cfg, s), _materialize(va, t, cfg, s) if va is not None else None)
+                for s, t, (tr, va) in zip(cfg.stages, tasks, opened, strict=True)]
+    audio = next((p.train for p in prepared if p.task.needs_audio), None)
+    if audio is not None:
+        model.feature_norm.set_stats(*(x.to(device) for x in D.feature_stats(audio)))
+
+    (out / RUN_FILE).write_text(yaml.safe_dump({
+        "family": cfg.family, "model": to_plain(model_cfg), "tokenizer": to_plain(cfg.tokenizer),
+        "data": to_plain(cfg.data), "stages": [s.name for s in cfg.stages]}, sort_keys=False))
+    log = JsonlLog(out / "log.jsonl", echo=echo)
+    summaries = {}
+    for index, p in enumerate(prepared):
+        stage_dir = out / p.cfg.name
+        if only_stage is not None and p.cfg.name != only_stage:
+            if (stage_dir / FINAL).is_file():
+                model.load_state_dict(torch.load(stage_dir / FINAL, map_location=device, weights_only=False))
+            continue
+        fresh = not (stage_dir / "checkpoint.pt").is_file() and not (stage_dir / "done.json").is_file()
+        if fresh:
+            seed_everything(cfg.train.seed + index)
+            if p.cfg.init is not None:
+                counts = load_init(model, p.cfg.init, f"stages.{p.cfg.name}")
+                log.write({"stage": p.cfg.name, "event": "init", "path": p.cfg.init.path, **counts})
+        summary = train_stage(model, _plan(p, cfg, index), cfg.train, stage_dir, log, device, stop_after)
+        summaries[p.cfg.name] = summary
+        if "stopped_at" in summary:
+            return summaries
+    last = out / cfg.stages[-1].name / FINAL
+    if last.is_file():
+        shutil.copyfile(last, out / FINAL)
+    return summaries
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, Tokenizer, dict[str, Any]]:
+    """A finished run's model (eval mode), tokenizer and resolved config, for evaluation."""
+    run_dir = Path(run_dir)
+    if not (run_dir / FINAL).is_file():
+        raise FileNotFoundError(f"{run_dir} holds no finished run ({FINAL} is missing)")
+    info = yaml.safe_load((run_dir / RUN_FILE).read_text())
+    model = make_model(info["family"], build_model_config(info["family"], info["model"]))
+    model.load_state_dict(torch.load(run_dir / FINAL, map_location=device, weights_only=False))
+    return model.to(device).eval(), load_tokenizer(run_dir / TOKENIZER_FILE), info
