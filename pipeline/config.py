@@ -33,6 +33,7 @@ class CurateSettings:
     sampling_rate: int
     seed: int
     num_shards: int
+    records_per_shard: int
     runner: str
     beam_args: list[str]
     configs: list[str]
@@ -63,7 +64,9 @@ class CurateSettings:
             raise ConfigError(f"{where}.configs: {self.configs} must hold offline and only names from "
                               f"{', '.join(DATASET_CONFIGS)}")
         if self.num_shards < 0:
-            raise ConfigError(f"{where}.num_shards: must be 0 (runner decides) or more")
+            raise ConfigError(f"{where}.num_shards: must be 0 (from records_per_shard) or more")
+        if self.records_per_shard < 1:
+            raise ConfigError(f"{where}.records_per_shard: must be at least 1")
 
     def corpus_root(self, name: str) -> str:
         path = self.corpus[name].path

@@ -20,13 +20,14 @@ import apache_beam as beam
 from .. import __version__
 from ..transforms import files, readers, segment
 from ..transforms.embed import teacher_info
+from ..transforms.publish import shard_name, write_shard
 from ..transforms.settings import ConfigError
-from . import card, graph, report, runners
+from . import card, graph, plots, report, runners
 from .config import CurateSettings
 
 log = logging.getLogger("simulforge.curate")
 INCOMING = ".incoming"
-PUBLISHED = ["data", "README.md", "stats.json", graph.REJECTS_FILE]
+PUBLISHED = ["data", "README.md", "stats.json", graph.REJECTS_FILE, plots.PLOTS_DIR]
 
 
 class RunError(RuntimeError):
@@ -108,13 +109,17 @@ def promote(staging: str, output: str) -> None:
     _remove(staging)
 
 
-def _drop_empty_shards(staging: str, rows: dict[str, dict[str, Any]]) -> None:
-    """Beam writes a schema-only shard for a split with no rows; a split with no rows is not published."""
-    for config in os.listdir(os.path.join(staging, "data")) if files.is_local(staging) else []:
-        for name in os.listdir(os.path.join(staging, "data", config)):
-            split = name.split("-", 1)[0]
-            if not rows.get(config, {}).get("rows", {}).get(split):
-                os.remove(os.path.join(staging, "data", config, name))
+def _complete_shards(staging: str, schemas: dict) -> None:
+    """A shard that no record hashed into is written empty, so `-NNNNN-of-MMMMM` sets are whole."""
+    for config, schema in schemas.items():
+        folder = files.join(staging, "data", config)
+        present = set(os.listdir(folder)) if files.is_local(folder) and os.path.isdir(folder) else set()
+        counts = {name.split("-of-")[0].split("-")[0]: int(name.split("-of-")[1].split(".")[0]) for name in present}
+        for split, count in counts.items():
+            for i in range(count):
+                name = shard_name(config, split, i, count)
+                if name.rsplit("/", 1)[1] not in present:
+                    write_shard(files.join(staging, name), schema.arrow_schema, [])
 
 
 def _sort_rejects(path: str) -> None:
@@ -178,18 +183,16 @@ def run(settings: CurateSettings, extra_beam_args: list[str] | None = None, echo
         raise RunError(f"counts do not add up in stage(s) {', '.join(bad)}; output left in {staging}: "
                        + json.dumps({s: stats["stages"][s] for s in bad}))
     _remove(files.join(staging, graph.SUMS_FILE))
-    _drop_empty_shards(staging, stats["published"])
+    _complete_shards(staging, graph.features(settings))
     _sort_rejects(files.join(staging, graph.REJECTS_FILE))
     with files.open_write(files.join(staging, "stats.json")) as f:
         f.write(json.dumps(stats, indent=2, ensure_ascii=False).encode())
-    text = card.render(
-        graph.features(settings), stats, langs=settings.languages,
+    card.write(
+        staging, graph.features(settings), stats, langs=settings.languages,
         corpora={c: settings.corpus[c].license for c in settings.corpora},
         build_info=build_info(settings, summary, teacher),
         sections=[segment.card_section(sections["segment"])] if "segment" in sections else [],
     )
-    with files.open_write(files.join(staging, "README.md")) as f:
-        f.write(text.encode())
     promote(staging, output)
     for line in report.summary_lines(stats):
         echo(line)

@@ -32,13 +32,7 @@ from ..transforms.simulmt import simulmt_features, simulmt_rows
 from ..transforms.stage import run_stage
 from .config import CurateSettings
 
-SPLITS = ["train", "validation", "test"]
 REJECTS_FILE, SUMS_FILE = "rejected.jsonl", "stats.sums.jsonl"
-
-
-def dataset_splits(settings: CurateSettings) -> list[str]:
-    names = {name for c in settings.corpora for name in settings.corpus[c].splits.values()}
-    return [s for s in SPLITS if s in names] + sorted(names - set(SPLITS))
 
 
 def features(settings: CurateSettings):
@@ -56,7 +50,7 @@ def features(settings: CurateSettings):
 
 def build(p: beam.Pipeline, settings: CurateSettings, tasks: list[ReadTask], staging: str) -> dict[str, str | None]:
     corpus, work_dir, langs = settings.corpus, settings.work_dir, settings.languages
-    rate, splits, shards = settings.sampling_rate, dataset_splits(settings), settings.num_shards
+    rate = settings.sampling_rate
     schemas = features(settings)
     parents: dict[str, str | None] = {}
     stats, rejects = [], []
@@ -71,7 +65,7 @@ def build(p: beam.Pipeline, settings: CurateSettings, tasks: list[ReadTask], sta
     def publish(config, records, parent, to_row):
         parents[f"publish/{config}"] = parent
         stats.append(records | f"Publish[{config}]" >> WriteConfig(
-            config, schemas[config], to_row, splits, staging, shards))
+            config, schemas[config], to_row, staging, settings.num_shards, settings.records_per_shard))
 
     def read(task):
         return read_task(task, corpus[task.corpus], work_dir)

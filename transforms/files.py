@@ -45,3 +45,10 @@ def within(root: str, relative: str) -> str | None:
     if norm == "." or norm == ".." or norm.startswith("../"):
         return None
     return join(root, *norm.split("/"))
+
+
+def rename(src: str, dst: str) -> None:
+    if is_local(src):
+        os.replace(src, dst)
+    else:
+        FileSystems.rename([src], [dst])

@@ -2,22 +2,25 @@
 
 `data/<config>/<split>-NNNNN-of-MMMMM.parquet`, with the `datasets.Features` stored in the
 schema metadata so `datasets.load_dataset(folder, config)` decodes audio with no code of ours.
-Beam's file sinks write to a temporary location and rename on success, so an interrupted run
-leaves no shard that looks complete.
+Each shard is written under a temporary name and renamed when whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import hashlib
+import math
+import uuid
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import apache_beam as beam
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import files
 from .audio import clip_bytes
 from .records import Stat, Utterance
-from .stage import run_stage
 
 # Rows per Arrow record batch: audio rows are large, so keep batches (and worker memory) small.
 RECORD_BATCH = 64
@@ -57,49 +60,91 @@ def offline_row(utt: Utterance, langs: list[str]) -> dict[str, Any]:
     return row
 
 
-def shard_prefix(out_dir: str, config: str, split: str) -> str:
-    return files.join(out_dir, "data", config, split)
+def shard_name(config: str, split: str, index: int, count: int) -> str:
+    return f"data/{config}/{split}-{index:05d}-of-{count:05d}.parquet"
+
+
+def shard_count(records: int, num_shards: int, records_per_shard: int) -> int:
+    """`num_shards` when set, else enough shards for `records_per_shard` records each."""
+    return num_shards or max(1, math.ceil(records / records_per_shard))
+
+
+def shard_of(record_id: str, count: int) -> int:
+    # A stable hash (not Python's salted one): the same record lands in the same shard on every worker.
+    return int.from_bytes(hashlib.blake2b(record_id.encode(), digest_size=8).digest(), "big") % count
+
+
+def write_shard(path: str, schema: pa.Schema, rows: Iterable[dict]) -> int:
+    """Stream rows into one Parquet file, a record batch at a time; written under a temporary
+    name and renamed, so a shard either exists whole or not at all."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    n, batch = 0, []
+    with files.open_write(tmp) as f, pq.ParquetWriter(f, schema, compression="snappy") as writer:
+        for row in rows:
+            batch.append(row)
+            if len(batch) == RECORD_BATCH:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                n, batch = n + len(batch), []
+        if batch or n == 0:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            n += len(batch)
+    files.rename(tmp, path)
+    return n
 
 
 class WriteConfig(beam.PTransform):
-    """Records -> rows of one config -> one Parquet shard set per split; returns the stats."""
+    """Records -> rows of one config -> Parquet shards per split; returns the stats.
 
-    def __init__(self, config: str, features: datasets.Features, to_row: Callable[[Any], Iterator[dict]],
-                 splits: list[str], out_dir: str, num_shards: int):
+    Records (small: audio is a path) are grouped by shard; rows, which hold the audio bytes,
+    are made one at a time while the shard streams to disk, so a worker holds one record
+    batch of audio, never a split. Within a shard rows are sorted by id, so every runner
+    writes the same files.
+    """
+
+    def __init__(self, config: str, features: datasets.Features, to_row: Callable[[Any], Iterable[dict]],
+                 out_dir: str, num_shards: int, records_per_shard: int):
         super().__init__()
         self.config, self.features, self.to_row = config, features, to_row
-        self.splits, self.out_dir, self.num_shards = list(splits), out_dir, num_shards
+        self.out_dir, self.num_shards, self.records_per_shard = out_dir, num_shards, records_per_shard
 
     def expand(self, records):
-        config, to_row = self.config, self.to_row
+        config, to_row, out_dir = self.config, self.to_row, self.out_dir
+        num_shards, per_shard = self.num_shards, self.records_per_shard
         stage = f"publish/{config}"
-
-        def rows(record):
-            produced = list(to_row(record))
-            yield Stat(stage, f"rows/{record.split}", len(produced))
-            audio = sum(row.get("duration") or 0 for row in produced[:1])  # audio is stored once per record
-            if audio:
-                yield Stat(stage, f"audio_s/{record.split}", audio)
-            yield record.split, produced
-
-        listed, _, stats = run_stage(records, stage, rows)
-        keyed = listed | f"Rows[{config}]" >> beam.FlatMapTuple(lambda split, rs: ((split, r) for r in rs))
-        index = {split: i for i, split in enumerate(self.splits)}
-        parts = keyed | f"BySplit[{config}]" >> beam.Partition(lambda kv, n: index[kv[0]], len(self.splits))
         schema = self.features.arrow_schema
-        for split, part in zip(self.splits, parts, strict=True):
-            _ = (
-                part
-                | f"Row[{config}/{split}]" >> beam.Values()
-                | f"Write[{config}/{split}]" >> beam.io.WriteToParquet(
-                    shard_prefix(self.out_dir, config, split),
-                    schema,
-                    record_batch_size=RECORD_BATCH,
-                    codec="snappy",
-                    use_compliant_nested_type=True,
-                    file_name_suffix=".parquet",
-                    num_shards=self.num_shards,
-                    shard_name_template="-SSSSS-of-NNNNN",
-                )
-            )
-        return stats
+
+        counts = (records | f"Splits[{config}]" >> beam.Map(lambda r: r.split)
+                  | f"Count[{config}]" >> beam.combiners.Count.PerElement())
+
+        def assign(record, counts):
+            count = shard_count(counts[record.split], num_shards, per_shard)
+            return (record.split, shard_of(record.id, count), count), record
+
+        def write(key, members):
+            split, index, count = key
+            members = sorted(members, key=lambda r: r.id)
+            rows_of: dict[str, int] = {}
+            audio_of: dict[str, float] = {}
+
+            def rows():
+                for record in members:
+                    produced = list(to_row(record))
+                    rows_of[record.id] = len(produced)
+                    # A record's audio is stored once even when it makes several rows.
+                    audio_of[record.id] = produced[0].get("duration") or 0.0 if produced else 0.0
+                    yield from produced
+
+            write_shard(files.join(out_dir, shard_name(config, split, index, count)), schema, rows())
+            for record in members:
+                yield Stat(stage, "in")
+                yield Stat(stage, "out")
+                yield Stat(stage, f"rows/{split}", rows_of[record.id])
+                if audio_of[record.id]:
+                    yield Stat(stage, f"audio_s/{split}", audio_of[record.id])
+
+        return (
+            records
+            | f"Shard[{config}]" >> beam.Map(assign, beam.pvalue.AsDict(counts))
+            | f"GroupShards[{config}]" >> beam.GroupByKey()
+            | f"Write[{config}]" >> beam.FlatMapTuple(write)
+        )
