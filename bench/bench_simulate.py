@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import soundfile as sf
+
 from simulforge.transforms import rooms, simulate
 from simulforge.transforms.records import AudioRef, Conversation, Utterance
 

@@ -109,9 +109,10 @@ def answer_with(change: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, 
 
 
 class FakeOpenAI:
-    def __init__(self, refuse_json_schema: bool = False, polls_until_done: int = 1):
+    def __init__(self, refuse_json_schema: bool = False, polls_until_done: int = 1, estimate_tokens: bool = False):
         self.script: list[Reply | Callable[[dict[str, Any]], Reply]] = []
         self.refuse_json_schema = refuse_json_schema
+        self.estimate_tokens = estimate_tokens  # count ~4 characters a token instead of fixed numbers
         self.models_reply: Reply | None = None  # what GET /v1/models answers instead of the model list
         self.polls_until_done = polls_until_done
         self.chat_requests: list[dict[str, Any]] = []
@@ -142,7 +143,11 @@ class FakeOpenAI:
         if self.refuse_json_schema and (body.get("response_format") or {}).get("type") == "json_schema":
             return error(400, "response_format json_schema is not supported")
         if step is None:
-            return completion(json.dumps(valid_answer(body), ensure_ascii=False))
+            content = json.dumps(valid_answer(body), ensure_ascii=False)
+            if self.estimate_tokens:
+                prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
+                return completion(content, prompt // 4, len(content) // 4)
+            return completion(content)
         return step(body) if callable(step) else step
 
     def _new_id(self, prefix: str) -> str:

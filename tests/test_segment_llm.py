@@ -96,7 +96,7 @@ def utterances(n, langs=("de", "es")):
     return out
 
 
-def settings_for(fake, tmp_path, aligner="off", **llm):
+def settings_for(fake, tmp_path, aligner="none", **llm):
     return load_settings(
         {
             "backend": "llm",

@@ -40,7 +40,7 @@ STAGE = "segment"
 
 @dataclass
 class MonotonicitySettings:
-    aligner: Literal["eflomal", "simalign", "off"]  # how published pairs are re-aligned to measure crossings
+    aligner: Literal["eflomal", "simalign", "none"]  # how published pairs are re-aligned to measure crossings
     simalign_model: str | None  # a local model directory, passed to simalign as model=<dir>
 
     def validate(self, where: str) -> None:
@@ -262,7 +262,7 @@ class Segment(beam.PTransform):
                 | "AttachLinks" >> beam.FlatMap(attach_links)
             )
             out, rejects, stats = run_stage(joined, STAGE, functools.partial(segment_with_links, settings=s))
-        if s.monotonicity.aligner == "off":
+        if s.monotonicity.aligner == "none":
             return out, rejects, stats
         pairs = out | "MeasurementPairs" >> beam.FlatMap(measurement_pairs)
         if s.monotonicity.aligner == "simalign":
