@@ -1,0 +1,233 @@
+"""The aligner backends and their parts: pronunciations, features, Viterbi, the GMM-HMM, MFA."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import stat
+import sys
+
+import numpy as np
+import pytest
+
+from simulforge.transforms.align import load_settings
+from simulforge.transforms.aligners import Aligned, AlignFailure, Clip, make_backend
+from simulforge.transforms.aligners.features import FeatureSettings, frame_levels_db, mfcc
+from simulforge.transforms.aligners.gmm import _word_pdfs
+from simulforge.transforms.aligners.mfa import MfaBackend, match_words, missing_reason
+from simulforge.transforms.aligners.pronounce import Phonemizer, PronounceError, phone_names
+from simulforge.transforms.aligners.viterbi import build_graph, viterbi
+from simulforge.transforms.timing import spoken_words
+
+RATE = 16000
+
+
+# -- pronunciations ----------------------------------------------------------------------------
+
+
+def test_phone_names_drop_stress_pauses_and_language_switches():
+    assert phone_names("h_@_l_'oU") == ["h", "@", "l", "oU"]
+    assert phone_names("m_'O@_n_I_N__:__: 'E_v_r_i_;") == ["m", "O@", "n", "I", "N", "E", "v", "r", "i"]
+    assert phone_names("(en)t_'u: T_'aU_z_@_n_d(de)") == ["t", "u:", "T", "aU", "z", "@", "n", "d"]
+
+
+def test_words_are_phonemized_in_their_sentence_with_one_entry_per_word():
+    with Phonemizer("en-us") as p:
+        [in_the_end, a_cat, year, no_sound] = p.phones(
+            [["In", "the", "end"], ["a", "cat"], ["in", "2024", "again"], ["hello", "♪", "world"]])
+    assert in_the_end[1] == ("D", "I2")  # "the" before a vowel, not merged into "in the"
+    assert a_cat[0] == ("a#",)  # the article, not the letter's name
+    assert len(year) == 3 and len(year[1]) > 8  # a number's several spoken words stay with it
+    assert no_sound[1] == () and no_sound[0] and no_sound[2]
+
+
+def test_a_voice_espeak_lacks_is_a_clear_error():
+    with Phonemizer("xx-nowhere") as p, pytest.raises(PronounceError, match="no voice 'xx-nowhere'"):
+        p.phones([["hello"]])
+
+
+# -- features and Viterbi ----------------------------------------------------------------------
+
+
+def test_frames_stand_for_their_own_stretch_of_audio():
+    s = FeatureSettings(frame_shift_ms=10, window_ms=25, num_mel_bins=23, num_ceps=13, preemphasis=0.97,
+                        delta_window=2)
+    audio = np.zeros(RATE, np.float32)
+    audio[8000:] = 0.3 * np.sin(np.arange(8000) * 0.3)  # sound from 0.5 s exactly
+    assert mfcc(audio, RATE, s).shape == (100, 39)
+    level = frame_levels_db(audio, RATE, 10)
+    assert level[49] < -90 < -20 < level[50]
+
+
+def test_viterbi_finds_the_path_and_the_beam_can_lose_it():
+    sil, w0, w1 = [0], [1, 2], [3, 4]
+    graph = build_graph([w0, w1], sil, between_words=True)
+    # states: sil w0 w0 sil w1 w1 sil; the audio: 2 frames silence, w0 3+2, w1 2+3, silence 1
+    truth = [0, 0, 1, 1, 1, 2, 2, 4, 4, 5, 5, 5, 6]
+    scores = np.full((len(truth), graph.size), -10.0)
+    scores[np.arange(len(truth)), truth] = 0.0
+    loop = np.log(np.full((graph.size, 2), 0.5))
+    assert viterbi(scores, graph, loop, beam=100).tolist() == truth
+    # A state every path must pass scores so badly that the beam prunes whatever enters it.
+    scores[:, 2] = -30.0
+    assert viterbi(scores, graph, loop, beam=5) is None
+    assert viterbi(scores, graph, loop, beam=50) is not None
+
+
+# -- the GMM-HMM backend -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def espeak_clips():
+    """40 s of synthetic speech in two voices, with the synthesizer's true word times."""
+    from simulforge.demo.corpora import load_sentences
+    from simulforge.demo.espeak import synthesize
+
+    clips, truth = [], []
+    for i, sentence in enumerate(load_sentences()[:24]):
+        syn = synthesize(sentence.en, ["en-us", "en-gb+m3"][i % 2], rate=170)
+        clips.append(Clip(f"s{i}", syn.samples, RATE, spoken_words(sentence.en), f"spk{i % 2}"))
+        truth.append(syn.words)
+    return clips, truth
+
+
+@pytest.fixture(scope="module")
+def trained(espeak_clips):
+    backend = make_backend(load_settings())
+    model, report = backend.train("en", espeak_clips[0])
+    yield backend, model, report
+    backend.close()
+
+
+def test_gmm_trains_on_the_clips_and_aligns_them(trained, espeak_clips):
+    backend, model, report = trained
+    clips, truth = espeak_clips
+    assert report.clips == len(clips) and report.audio_s > 30
+    results = backend.align(pickle.loads(pickle.dumps(model)), clips)  # as a Beam side input travels
+    errors = [abs(a - b) for r, t in zip(results, truth, strict=True)
+              for (_, s, e), (_, ts, te) in zip(r.words, t, strict=True) for a, b in ((s, ts), (e, te))]
+    assert np.mean(errors) < 0.04
+
+
+def test_gmm_rejects_what_it_cannot_align(trained, espeak_clips):
+    backend, model, _ = trained
+    clips, _ = espeak_clips
+    speech = clips[0]
+    bad = {
+        "silence": Clip("silence", np.zeros(2 * RATE, np.float32), RATE, ["hello", "world"]),
+        "noise": Clip("noise", np.random.default_rng(0).normal(0, 0.01, 2 * RATE).astype(np.float32), RATE,
+                      ["hello", "world"]),
+        "swapped": Clip("swapped", speech.samples, RATE, clips[5].words),
+        "one_word_wrong": Clip("wrong", speech.samples, RATE, [*speech.words[:-1], "elephants"]),
+        "unpronounceable": Clip("sym", speech.samples, RATE, [*speech.words, "♪"]),
+        "too_short": Clip("short", speech.samples[: RATE // 4], RATE, speech.words * 3),
+    }
+    got = dict(zip(bad, backend.align(model, list(bad.values())), strict=True))
+    assert {k: r.reason for k, r in got.items()} == {
+        "silence": "no_speech", "noise": "no_speech", "swapped": "transcript_mismatch",
+        "one_word_wrong": "transcript_mismatch", "unpronounceable": "no_pronunciation", "too_short": "audio_too_short",
+    }
+    assert "'♪'" in got["unpronounceable"].detail
+    with pytest.raises(AlignFailure, match="never occurred"):
+        _word_pdfs(model, [("h", "@", "not-a-phone")])
+
+
+def test_gmm_with_no_usable_training_clip_says_why():
+    backend = make_backend(load_settings())
+    try:
+        with pytest.raises(AlignFailure) as e:
+            backend.train("en", [Clip("s", np.zeros(RATE, np.float32), RATE, ["hello"])])
+    finally:
+        backend.close()
+    assert e.value.reason == "no_training_data" and "no_speech" in e.value.detail
+
+
+# -- the MFA backend ---------------------------------------------------------------------------
+
+
+def test_mfa_words_are_matched_back_across_its_normalisation():
+    timed = [("it's", 0.1, 0.3), ("well", 0.3, 0.5), ("known", 0.5, 0.8), ("ok", 0.9, 1.0)]
+    assert match_words(["It's", "well-known", "OK"], timed) == [
+        ("It's", 0.1, 0.3), ("well-known", 0.3, 0.8), ("OK", 0.9, 1.0)]
+    with pytest.raises(AlignFailure):
+        match_words(["It's", "known"], timed)
+
+
+def test_mfa_missing_is_said_clearly():
+    from simulforge.transforms.align import Align
+    from simulforge.transforms.settings import ConfigError
+
+    reason = missing_reason("no-such-mfa-command")
+    assert "not on PATH" in reason and "conda install" in reason
+    settings = load_settings({"backend": "mfa", "mfa": {"command": "no-such-mfa-command"}})
+    with pytest.raises(ConfigError, match="not on PATH"):
+        Align(settings)
+    with pytest.raises(AlignFailure, match="not on PATH"):
+        make_backend(settings).train("en", [])
+
+
+FAKE_MFA = """\
+#!{python}
+# Stands in for `mfa align CORPUS DICTIONARY MODEL OUTPUT ...`: words spread evenly, as MFA names them.
+import pathlib, sys
+import soundfile
+from praatio import textgrid
+args = sys.argv[1:]
+if {fail!r}:
+    sys.exit("mfa: something went wrong")
+assert args[0] == "align" and "--beam" in args, args
+corpus, out = pathlib.Path(args[1]), pathlib.Path(args[4])
+for lab in corpus.rglob("*.lab"):
+    words = lab.read_text().lower().replace("-", " ").split()
+    duration = soundfile.info(str(lab.with_suffix(".wav"))).duration
+    step = duration / len(words)
+    tg = textgrid.Textgrid()
+    tg.addTier(textgrid.IntervalTier("words", [(i * step, (i + 1) * step, w) for i, w in enumerate(words)], 0, duration))
+    target = out / lab.relative_to(corpus).with_suffix(".TextGrid")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tg.save(str(target), format="long_textgrid", includeBlankSpaces=True)
+"""
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_mfa_backend_writes_its_corpus_runs_it_and_reads_the_textgrids(tmp_path, fail):
+    command = tmp_path / "mfa"
+    command.write_text(FAKE_MFA.format(python=sys.executable, fail=fail))
+    command.chmod(command.stat().st_mode | stat.S_IEXEC)
+    backend = make_backend(load_settings({"backend": "mfa", "mfa": {"command": str(command)}}))
+    assert isinstance(backend, MfaBackend)
+    model, _ = backend.train("en", [])
+    clips = [Clip("a", np.zeros(RATE, np.float32), RATE, ["A", "well-known", "place"], "spk/1"),
+             Clip("b", np.zeros(RATE // 2, np.float32), RATE, ["Hi"], "spk2")]
+    results = backend.align(model, clips)
+    if fail:
+        assert {r.reason for r in results} == {"aligner_error"} and "something went wrong" in results[0].detail
+        return
+    assert results[0].words == [("A", 0.0, 0.25), ("well-known", 0.25, 0.75), ("place", 0.75, 1.0)]
+    assert results[1].words == [("Hi", 0.0, 0.5)]
+
+
+@pytest.mark.skipif(shutil.which("mfa") is None, reason=missing_reason("mfa") or "")
+def test_real_mfa_aligns_speech(espeak_clips):
+    backend = make_backend(load_settings({"backend": "mfa"}))
+    model, _ = backend.train("en", [])
+    clips, truth = espeak_clips
+    results = backend.align(model, clips[:4])
+    for result, true in zip(results, truth, strict=False):
+        assert isinstance(result, Aligned), result
+        assert np.mean([abs(s - t[1]) for (_, s, _), t in zip(result.words, true, strict=True)]) < 0.1
+
+
+def test_backend_names_are_checked():
+    settings = load_settings()
+    settings.backend = "nonesuch"
+    with pytest.raises(ValueError, match="unknown aligner backend"):
+        make_backend(settings)
+
+
+def test_helper_script_needs_nothing_from_the_package():
+    # pronounce.py runs as its own process: it must import from the standard library only.
+    source = open(os.path.join(os.path.dirname(phone_names.__code__.co_filename), "pronounce.py")).read()
+    imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+    assert all(line.split()[1].split(".")[0] in sys.stdlib_module_names | {"__future__"} for line in imports)

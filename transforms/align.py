@@ -1,0 +1,403 @@
+"""The align stage: word timings for every segmented utterance, and its chunks' end times.
+
+Shape (DESIGN.md §1, EASiST §3.1):
+
+1. Training is corpus-level: per source language, a bounded sample of the utterances
+   (`train_minutes`, chosen by a hash of the id, so the same utterances whatever the runner
+   or the number of workers) trains the aligner once; the models reach every worker as a
+   side input. Backends with pretrained models (MFA) only check their configuration here.
+2. Alignment runs per record in parallel, in batches of the backend's size.
+3. Per utterance, `finish` turns the word timings into `Timing(words, chunk_end_s)` per
+   latency level, checks the chunk times (increasing, inside the clip, the last ending by
+   the clip's end), writes the TextGrid and CTM side files when asked, and compares with
+   the true word times when a truth file is given. Anything that fails is a Reject.
+
+`summarize` turns the stage's summed stats into the `align` section of stats.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import apache_beam as beam
+
+from . import files
+from .aligners import Aligned, AlignFailure, Clip, batch_size, make_backend
+from .aligners.features import FeatureSettings
+from .aligners.gmm import GmmSettings
+from .aligners.mfa import MfaSettings, missing_reason
+from .audio import clip_bytes, decode_flac
+from .records import Reject, Stat, Timing, Utterance
+from .settings import ConfigError, load_stage
+from .stage import STATS, run_stage
+from .timing import TimingError, check_chunk_times, chunk_end_times, ctm_text, spoken_words, textgrid_text
+
+STAGE = "align"
+ERROR_BUCKET_MS = 5  # width of the boundary-error histogram's buckets (for p50 / p90)
+ERROR_BUCKETS = 200  # the last bucket holds every error of 995 ms and more
+
+
+@dataclass
+class ForcedAlignSettings:
+    backend: Literal["gmm", "mfa"]
+    train_minutes: float  # per source language
+    train_minutes_by_lang: dict[str, float]  # overrides of train_minutes
+    voices: dict[str, str]  # source language -> espeak-ng voice for pronunciations (default: the code)
+    block_samples: int  # streaming encoder block, in samples at the dataset rate
+    side_outputs: str | None  # folder for one TextGrid and one CTM per clip; None: none written
+    truth: str | None  # JSONL of true word times (the demo corpora's) to measure the error against
+    features: FeatureSettings
+    gmm: GmmSettings
+    mfa: MfaSettings
+
+    def validate(self, where: str) -> None:
+        if self.block_samples < 1:
+            raise ConfigError(f"{where}.block_samples: must be at least 1, got {self.block_samples}")
+        if not self.train_minutes > 0 or not all(v > 0 for v in self.train_minutes_by_lang.values()):
+            raise ConfigError(f"{where}.train_minutes: must be above 0 (and so every train_minutes_by_lang)")
+
+    def train_budget_s(self, lang: str) -> float:
+        return 60 * self.train_minutes_by_lang.get(lang, self.train_minutes)
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> ForcedAlignSettings:
+    """This stage's defaults (configs/stages/align.yaml) with `overrides` merged in, validated."""
+    return load_stage(ForcedAlignSettings, STAGE, overrides)
+
+
+# -- Pure functions ----------------------------------------------------------------------------
+
+
+def to_clip(utt: Utterance) -> Clip:
+    """The utterance's normalised clip and spoken words; AlignFailure when the clip is gone."""
+    try:
+        samples, rate = decode_flac(clip_bytes(utt))
+    except (OSError, RuntimeError) as e:  # soundfile's errors are RuntimeErrors
+        raise AlignFailure("unreadable_audio", f"{utt.audio.path}: {e}") from None
+    return Clip(utt.id, samples, rate, spoken_words(utt.source_text), utt.speaker)
+
+
+def timing_of(utt: Utterance, words: list[tuple[str, float, float]]) -> Timing:
+    """The utterance's Timing: its words and, per latency level, its chunks' end times (checked)."""
+    if " ".join(spoken_words(utt.source_text)) != " ".join(w for w, _, _ in words):
+        raise TimingError("aligner_words_differ", "the aligner's words are not the source text's")
+    ends = {}
+    for level, seg in utt.segmentations.items():
+        if seg.source_chunks and " ".join(seg.source_chunks).split() != utt.source_text.split():
+            raise TimingError("chunks_do_not_match_text", f"the {level} chunks do not rebuild the source text")
+        ends[level] = chunk_end_times(words, seg.source_chunks)
+        check_chunk_times(ends[level], utt.duration_s)
+    return Timing(words=list(words), chunk_end_s=ends)
+
+
+def boundary_errors_ms(words: list[tuple[str, float, float]], truth: list) -> list[float] | None:
+    """|start - true start| and |end - true end| of every word, in ms; None if the words differ."""
+    if [w.lower() for w, _, _ in words] != [t[0].lower() for t in truth]:
+        return None
+    return [1000 * abs(a - b) for (_, s, e), (_, ts, te) in zip(words, truth, strict=True) for a, b in ((s, ts), (e, te))]
+
+
+def error_stats(errors: list[float]) -> Iterator[Stat]:
+    yield Stat(STAGE, "error/clips")
+    yield Stat(STAGE, "error/boundaries", len(errors))
+    yield Stat(STAGE, "error/sum_ms", sum(errors))
+    buckets: dict[int, int] = {}
+    for e in errors:
+        k = min(int(e // ERROR_BUCKET_MS), ERROR_BUCKETS - 1)
+        buckets[k] = buckets.get(k, 0) + 1
+    for k, n in buckets.items():
+        yield Stat(STAGE, f"error/bucket/{k:03d}", n)
+
+
+def side_files(utt: Utterance, timing: Timing) -> dict[str, str]:
+    """Relative path -> text of the clip's TextGrid and CTM."""
+    chunks = {level: (seg.source_chunks, timing.chunk_end_s[level]) for level, seg in utt.segmentations.items()}
+    return {
+        f"{utt.id}.TextGrid": textgrid_text(timing.words, utt.duration_s, chunks),
+        f"{utt.id}.ctm": ctm_text(utt.id, timing.words),
+    }
+
+
+@dataclass
+class Outcome:
+    """What the aligner made of one utterance, and the CPU seconds it took."""
+
+    result: Aligned | AlignFailure
+    cpu_s: float
+
+
+def finish(element: tuple[Utterance, Outcome], truth: dict[str, list] | None,
+           side_dir: str | None) -> Iterator[Utterance | Reject | Stat]:
+    """Stage function: the aligned utterance with its Timing, or a Reject."""
+    utt, outcome = element
+    yield Stat(STAGE, "audio_s", utt.duration_s or 0.0)
+    yield Stat(STAGE, "aligner/cpu_s", outcome.cpu_s)
+    if isinstance(outcome.result, AlignFailure):
+        yield Reject(utt.id, STAGE, outcome.result.reason, outcome.result.detail, utt.where)
+        return
+    yield Stat(STAGE, "aligner/audio_s", utt.duration_s)
+    if outcome.result.retried:
+        yield Stat(STAGE, "aligner/retried")
+    try:
+        timing = timing_of(utt, outcome.result.words)
+    except TimingError as e:
+        yield Reject(utt.id, STAGE, e.reason, e.detail, utt.where)
+        return
+    yield Stat(STAGE, "words", len(timing.words))
+    if truth is not None and utt.id in truth:
+        errors = boundary_errors_ms(timing.words, truth[utt.id])
+        if errors is None:
+            yield Stat(STAGE, "error/unmatched_clips")
+        else:
+            yield from error_stats(errors)
+    if side_dir:
+        for relative, text in side_files(utt, timing).items():
+            path = files.within(side_dir, relative)
+            if path is not None:
+                with files.open_write(path) as f:
+                    f.write(text.encode("utf-8"))
+    yield utt.replace(timing=timing)
+
+
+def read_truth(path: str) -> dict[str, list]:
+    """id -> [[word, start, end], ...] from the demo corpora's truth/word_times.jsonl."""
+    lines = files.read_bytes(path).decode("utf-8").splitlines()
+    return {obj["id"]: obj["words"] for obj in map(json.loads, filter(str.strip, lines))}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this thread and of the child processes it waited for (MFA)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.thread_time() + children.ru_utime + children.ru_stime
+
+
+# -- Beam --------------------------------------------------------------------------------------
+
+
+def sample_priority(utt_id: str) -> int:
+    """A stable pseudo-random rank: the training sample is the lowest ranks that fit the budget."""
+    return int.from_bytes(hashlib.sha1(utt_id.encode("utf-8")).digest()[:8], "big")
+
+
+@dataclass
+class SampleEntry:
+    """An utterance in a language's training sample (its audio stays where the record points)."""
+
+    priority: int
+    duration_s: float
+    budget_s: float  # of the utterance's language
+    utt: Utterance
+
+
+class TrainingSample(beam.CombineFn):
+    """Per language, the lowest-priority entries whose audio fits the budget (at least one).
+
+    Dropping only from the high end keeps the result the same however the runner splits and
+    merges the input.
+    """
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, entry):
+        acc.append(entry)
+        return self._trim(acc)
+
+    def merge_accumulators(self, accs):
+        return self._trim([e for acc in accs for e in acc])
+
+    def extract_output(self, acc):
+        return acc
+
+    @staticmethod
+    def _trim(entries: list[SampleEntry]) -> list[SampleEntry]:
+        entries.sort(key=lambda e: (e.priority, e.utt.id))
+        total = sum(e.duration_s for e in entries)
+        while len(entries) > 1 and total > entries[0].budget_s:
+            total -= entries.pop().duration_s
+        return entries
+
+
+def training_entry(utt: Utterance, settings: ForcedAlignSettings) -> Iterator[tuple[str, SampleEntry]]:
+    """(source language, sample entry) for an utterance that can be trained on."""
+    if spoken_words(utt.source_text):
+        yield utt.source_lang, SampleEntry(sample_priority(utt.id), utt.duration_s or 0.0,
+                                           settings.train_budget_s(utt.source_lang), utt)
+
+
+class _Train(beam.DoFn):
+    """One language's sample -> (lang, model or AlignFailure), and training stats."""
+
+    def __init__(self, settings: ForcedAlignSettings):
+        self.settings = settings
+
+    def process(self, element):
+        lang, entries = element
+        clips = []
+        for e in entries:
+            try:
+                clips.append(to_clip(e.utt))
+            except AlignFailure as failure:
+                yield beam.pvalue.TaggedOutput(STATS, Stat(STAGE, f"train/skipped/{failure.reason}"))
+        backend = make_backend(self.settings)
+        started = cpu_seconds()
+        try:
+            model, report = backend.train(lang, clips)
+        except AlignFailure as e:
+            yield lang, e
+            return
+        finally:
+            backend.close()
+        for name, value in (("train/cpu_s", cpu_seconds() - started), ("train/audio_s", report.audio_s),
+                            ("train/clips", report.clips),
+                            *((f"train/skipped/{reason}", n) for reason, n in report.skipped.items())):
+            yield beam.pvalue.TaggedOutput(STATS, Stat(STAGE, name, value))
+        yield lang, model
+
+
+class _AlignBatch(beam.DoFn):
+    """A batch of utterances -> (utterance, Outcome) each, with the models as a side input."""
+
+    def __init__(self, settings: ForcedAlignSettings):
+        self.settings = settings
+
+    def setup(self):
+        self.backend = make_backend(self.settings)
+
+    def process(self, batch: list[Utterance], models: dict[str, Any]):
+        by_lang: dict[str, list[Utterance]] = {}
+        for utt in batch:
+            if utt.source_lang not in models:
+                yield utt, Outcome(AlignFailure("no_model", f"no {utt.source_lang} model was trained"), 0.0)
+            elif isinstance(models[utt.source_lang], AlignFailure):
+                yield utt, Outcome(models[utt.source_lang], 0.0)
+            else:
+                by_lang.setdefault(utt.source_lang, []).append(utt)
+        for lang, utts in by_lang.items():
+            ready = []
+            for utt in utts:
+                try:
+                    ready.append((utt, to_clip(utt)))
+                except AlignFailure as e:
+                    yield utt, Outcome(e, 0.0)
+            if not ready:
+                continue
+            started = cpu_seconds()
+            results = self.backend.align(models[lang], [clip for _, clip in ready])
+            spent = cpu_seconds() - started
+            # The batch's CPU time, shared out by audio duration.
+            total = sum(clip.duration_s for _, clip in ready)
+            for (utt, clip), result in zip(ready, results, strict=True):
+                yield utt, Outcome(result, spent * clip.duration_s / total if total else 0.0)
+
+    def teardown(self):
+        self.backend.close()
+
+
+class _Finish:
+    """The per-record stage function with its per-worker state (the truth file, once)."""
+
+    def __init__(self, settings: ForcedAlignSettings):
+        self.truth_path, self.side_dir = settings.truth, settings.side_outputs
+
+    def setup(self) -> dict[str, list] | None:
+        return read_truth(self.truth_path) if self.truth_path else None
+
+    def __call__(self, element, truth):
+        return finish(element, truth, self.side_dir)
+
+
+class Align(beam.PTransform):
+    """PCollection[Utterance] -> (aligned utterances, Reject, Stat).
+
+    A backend that cannot run here (no `mfa` command) raises ConfigError while the pipeline
+    is built, before any work starts.
+    """
+
+    def __init__(self, settings: ForcedAlignSettings, label: str | None = None):
+        super().__init__(label)
+        self.settings = settings
+        check_ready(settings)
+
+    def expand(self, utts):
+        s = self.settings
+        trained = (
+            utts
+            | "TrainEntries" >> beam.FlatMap(training_entry, s)
+            | "TrainSample" >> beam.CombinePerKey(TrainingSample())
+            | "Train" >> beam.ParDo(_Train(s)).with_outputs(STATS, main="models")
+        )
+        aligned = (
+            utts
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=batch_size(s))
+            | "Aligner" >> beam.ParDo(_AlignBatch(s), beam.pvalue.AsDict(trained.models))
+        )
+        fn = _Finish(s)
+        out, rejects, stats = run_stage(aligned, STAGE, fn, setup=fn.setup)
+        return out, rejects, (stats, trained[STATS]) | "AlignStats" >> beam.Flatten()
+
+
+def check_ready(s: ForcedAlignSettings) -> None:
+    if s.backend == "mfa":
+        reason = missing_reason(s.mfa.command)
+        if reason:
+            raise ConfigError(f"align.backend: mfa: {reason}")
+    if s.truth and not files.exists(s.truth):
+        raise ConfigError(f"align.truth: no file at {s.truth}")
+
+
+# -- stats.json --------------------------------------------------------------------------------
+
+
+def _percentile(buckets: dict[int, float], total: float, q: float) -> float:
+    """The q-quantile of the errors from their 5 ms histogram, linear inside a bucket."""
+    rank, seen = q * total, 0.0
+    for k in sorted(buckets):
+        if seen + buckets[k] >= rank:
+            return ERROR_BUCKET_MS * (k + (rank - seen) / buckets[k])
+        seen += buckets[k]
+    return ERROR_BUCKET_MS * ERROR_BUCKETS
+
+
+def _ratio(num: float, den: float, digits: int = 3) -> float | None:
+    return round(num / den, digits) if den else None
+
+
+def summarize(sums: dict[str, float]) -> dict[str, Any]:
+    """The `align` section of stats.json from the stage's summed stats.
+
+    Training and alignment speed are separate: training CPU seconds per minute of training
+    audio, and audio seconds aligned per CPU second of the aligner. `error_ms` (with a truth
+    file) is the word-boundary error, starts and ends of every word, against the true times.
+    """
+    skipped = {k.split("/", 2)[2]: int(v) for k, v in sorted(sums.items()) if k.startswith("train/skipped/")}
+    train_audio, train_cpu = sums.get("train/audio_s", 0.0), sums.get("train/cpu_s", 0.0)
+    audio, cpu = sums.get("aligner/audio_s", 0.0), sums.get("aligner/cpu_s", 0.0)
+    result: dict[str, Any] = {
+        "utterances": {"in": int(sums.get("in", 0)), "out": int(sums.get("out", 0)),
+                       "rejected": int(sums.get("in", 0) - sums.get("out", 0))},
+        "audio_hours": round(sums.get("audio_s", 0.0) / 3600, 4),
+        "words": int(sums.get("words", 0)),
+        "training": {"clips": int(sums.get("train/clips", 0)), "audio_min": round(train_audio / 60, 3),
+                     "cpu_s": round(train_cpu, 2), "cpu_s_per_audio_min": _ratio(train_cpu, train_audio / 60),
+                     "skipped": skipped},
+        "alignment": {"audio_s": round(audio, 2), "cpu_s": round(cpu, 2),
+                      "audio_s_per_cpu_s": _ratio(audio, cpu, 1), "retried": int(sums.get("aligner/retried", 0))},
+    }
+    n = sums.get("error/boundaries", 0)
+    if n or sums.get("error/unmatched_clips"):
+        buckets = {int(k.rsplit("/", 1)[1]): v for k, v in sums.items() if k.startswith("error/bucket/")}
+        result["error_ms"] = {
+            "clips": int(sums.get("error/clips", 0)), "boundaries": int(n),
+            "unmatched_clips": int(sums.get("error/unmatched_clips", 0)),
+            "mean": _ratio(sums.get("error/sum_ms", 0.0), n, 2),
+            "p50": round(_percentile(buckets, n, 0.5), 2) if n else None,
+            "p90": round(_percentile(buckets, n, 0.9), 2) if n else None,
+        }
+    return result

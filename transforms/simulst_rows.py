@@ -1,0 +1,100 @@
+"""Rows and features of the published `simulst` config (DESIGN.md §5).
+
+One row is one aligned utterance with its audio stored once and every latency level:
+
+  latency.<level>    source_chunks, target_chunks.<lang>, chunk_end_s (clip-relative
+                     seconds), speech_seg_size (cumulative samples read before writing each
+                     chunk: its end rounded up to an encoder block, see timing.py) and labels
+                     (one per block read: 0 read, 1 write), as EASiST trains on them
+  words              [{word, start, end}] from forced alignment
+  block_samples      the encoder block the sizes and labels were computed for
+  monotonicity       <level>.<lang>: the chunked pair's crossing rate, where the caller has
+                     it (the segment stage measures crossings as corpus stats; no record
+                     carries them yet), else null
+
+Per-level and per-language columns are structs with a field for every configured level and
+requested language, so every shard has the same schema; what an utterance lacks is null.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from datasets import Audio, Features, List, Value
+
+from .audio import clip_bytes
+from .records import Utterance
+from .timing import policy_labels, speech_seg_sizes
+
+
+def simulst_features(languages: Sequence[str], levels: Sequence[str], sampling_rate: int,
+                     embedding_dim: int | None = None) -> Features:
+    strings = List(Value("string"))
+    level = {
+        "source_chunks": strings,
+        "target_chunks": {lang: strings for lang in languages},
+        "chunk_end_s": List(Value("float64")),
+        "speech_seg_size": List(Value("int64")),
+        "labels": List(Value("int8")),
+    }
+    features = {
+        "id": Value("string"),
+        "corpus": Value("string"),
+        "audio": Audio(sampling_rate=sampling_rate),
+        "duration": Value("float64"),
+        "speaker": Value("string"),
+        "source_lang": Value("string"),
+        "source_text": Value("string"),
+        "translation": {lang: Value("string") for lang in languages},
+        "block_samples": Value("int32"),
+        "latency": {name: level for name in levels},
+        "words": List({"word": Value("string"), "start": Value("float64"), "end": Value("float64")}),
+        "monotonicity": {name: {lang: Value("float64") for lang in languages} for name in levels},
+    }
+    if embedding_dim:
+        features["embedding"] = List(Value("float32"), length=embedding_dim)
+    return Features(features)
+
+
+def row(utt: Utterance, languages: Sequence[str], levels: Sequence[str], *, block_samples: int,
+        sampling_rate: int, monotonicity: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """The `simulst` row of an aligned utterance (`utt.timing` set by the align stage)."""
+    if utt.timing is None:
+        raise ValueError(f"{utt.id}: not aligned; only the align stage's output has a simulst row")
+    num_samples = round(utt.duration_s * sampling_rate)
+    latency = {}
+    for name in levels:
+        seg = utt.segmentations.get(name)
+        if seg is None:
+            latency[name] = None
+            continue
+        ends = utt.timing.chunk_end_s[name]
+        sizes = speech_seg_sizes(ends, num_samples, sampling_rate, block_samples)
+        latency[name] = {
+            "source_chunks": list(seg.source_chunks),
+            "target_chunks": {lang: list(seg.target_chunks[lang]) if lang in seg.target_chunks else None
+                              for lang in languages},
+            "chunk_end_s": list(ends),
+            "speech_seg_size": sizes,
+            "labels": policy_labels(sizes, block_samples),
+        }
+    measured = monotonicity or {}
+    out = {
+        "id": utt.id,
+        "corpus": utt.corpus,
+        "audio": {"bytes": clip_bytes(utt), "path": utt.id.replace("/", "_") + ".flac"},
+        "duration": utt.duration_s,
+        "speaker": utt.speaker,
+        "source_lang": utt.source_lang,
+        "source_text": utt.source_text,
+        "translation": {lang: utt.translations.get(lang) for lang in languages},
+        "block_samples": block_samples,
+        "latency": latency,
+        "words": [{"word": w, "start": s, "end": e} for w, s, e in utt.timing.words],
+        "monotonicity": {name: {lang: measured.get(name, {}).get(lang) for lang in languages}
+                         for name in levels},
+    }
+    if utt.embedding is not None:
+        out["embedding"] = utt.embedding
+    return out
