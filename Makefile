@@ -28,11 +28,17 @@ RUNNER ?=
 BEAM_ARGS ?=
 CURATE_FLAGS = $(if $(LANGUAGES),--langs $(LANGUAGES)) $(if $(INPUT),--input $(INPUT)) \
 	--output $(OUTPUT) $(if $(CORPORA),--corpora $(CORPORA)) $(if $(RUNNER),--runner-profile $(RUNNER))
+# publish: the hub token comes from HF_TOKEN or `hf auth login`, never from the command line.
+REPO ?=
+REVISION ?=
+PUBLISH_FLAGS = --repo-id $(REPO) $(if $(REVISION),--revision $(REVISION)) $(if $(PRIVATE),--private) \
+	$(if $(DRY_RUN),--dry-run)
 
-.PHONY: help setup system curate demo-data test lint bench clean
+.PHONY: help setup system curate publish demo-data test lint bench clean
 
 help:
 	@echo "make curate LANG=de,es [INPUT=dir] [OUTPUT=dir] [CORPORA=mustc,covost,fleurs] [RUNNER=profile] [BEAM_ARGS='...']"
+	@echo "make publish REPO=ORG/NAME [OUTPUT=dir] [REVISION=branch] [PRIVATE=1] [DRY_RUN=1]"
 	@echo "make test | make lint | make bench | make demo-data DIR=dir | make clean"
 
 system:
@@ -54,6 +60,10 @@ setup: system $(STAMP)
 
 curate: setup
 	$(SF) curate $(CURATE_FLAGS) $(BEAM_ARGS)
+
+publish: setup
+	@test -n "$(REPO)" || { echo "make publish REPO=ORG/NAME [OUTPUT=dir] [REVISION=branch] [PRIVATE=1] [DRY_RUN=1]" >&2; exit 2; }
+	$(PY) -m simulforge.publish $(OUTPUT) $(PUBLISH_FLAGS)
 
 demo-data: setup
 	$(SF) demo-data $(or $(DIR),demo)

@@ -1,17 +1,143 @@
-"""The dataset card (README.md): YAML header that `datasets` reads, then how the data was built."""
+"""The dataset card (README.md): where a trainer decides whether to use the data.
+
+A YAML header that `datasets` and the Hub read (configs with their features, languages,
+license, task and size categories, and the build id), then: the dataset version, how to load
+each config, rows and hours per split and language, sources with their licenses and
+citations, coverage of the multi-way join, rejects, data-quality figures with plots, and how
+the data was built.
+
+The build id is the dataset version: a hash of every shard's bytes and of the config hash, so
+two builds share an id exactly when they publish the same data. `simulforge publish` hashes
+the shards again to check that the card describes the shards beside it, and keeps builds
+apart on the hub by this id.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 import datasets
 import yaml
 
-from .. import __version__
+from ..transforms import files
+from . import plots
+
+SHARD = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
+SPLITS = ["train", "validation", "test"]
+BUILD_ID_CHARS = 16
 
 # Most restrictive first: a build that mixes corpora is offered under the first that applies.
 LICENSE_ORDER = ["cc-by-nc-nd-4.0", "cc-by-nc-sa-4.0", "cc-by-nc-4.0", "cc-by-sa-4.0", "cc-by-4.0", "cc0-1.0"]
+LICENSE_NAMES = {"cc-by-nc-nd-4.0": "CC BY-NC-ND 4.0", "cc-by-nc-sa-4.0": "CC BY-NC-SA 4.0",
+                 "cc-by-nc-4.0": "CC BY-NC 4.0", "cc-by-sa-4.0": "CC BY-SA 4.0", "cc-by-4.0": "CC BY 4.0",
+                 "cc0-1.0": "CC0 1.0"}
 CORPUS_NAMES = {"mustc": "MuST-C", "covost": "CoVoST 2", "fleurs": "FLEURS"}
+CITATIONS = {
+    "mustc": """@inproceedings{di-gangi-etal-2019-must,
+  title = {{M}u{ST}-{C}: a {M}ultilingual {S}peech {T}ranslation {C}orpus},
+  author = {Di Gangi, Mattia A. and Cattoni, Roldano and Bentivogli, Luisa and Negri, Matteo and Turchi, Marco},
+  booktitle = {Proceedings of the 2019 Conference of the North {A}merican Chapter of the Association for
+               Computational Linguistics: Human Language Technologies, Volume 1 (Long and Short Papers)},
+  year = {2019},
+  pages = {2012--2017},
+  address = {Minneapolis, Minnesota},
+  publisher = {Association for Computational Linguistics},
+  url = {https://aclanthology.org/N19-1202},
+  doi = {10.18653/v1/N19-1202}
+}""",
+    "covost": """@inproceedings{wang21s_interspeech,
+  title = {{CoVoST} 2 and Massively Multilingual Speech Translation},
+  author = {Wang, Changhan and Wu, Anne and Gu, Jiatao and Pino, Juan},
+  booktitle = {Proc. Interspeech 2021},
+  year = {2021},
+  pages = {2247--2251},
+  doi = {10.21437/Interspeech.2021-2027},
+  note = {arXiv:2007.10310}
+}""",
+    "fleurs": """@inproceedings{conneau2023fleurs,
+  title = {{FLEURS}: Few-Shot Learning Evaluation of Universal Representations of Speech},
+  author = {Conneau, Alexis and Ma, Min and Khanuja, Simran and Zhang, Yu and Axelrod, Vera and Dalmia, Siddharth
+            and Riesa, Jason and Rivera, Clara and Bapna, Ankur},
+  booktitle = {2022 IEEE Spoken Language Technology Workshop (SLT)},
+  year = {2023},
+  pages = {798--805},
+  doi = {10.1109/SLT54892.2023.10023141},
+  note = {arXiv:2205.12446}
+}""",
+}
+# What one row of each config is (DESIGN.md §5), and a line showing what to do with it.
+CONFIG_ROWS = {
+    "offline": ("one multi-way utterance: audio, source text, one translation per language",
+                'row["audio"].get_all_samples(), row["translation"]["{lang}"]'),
+    "simulst": ("one utterance with every latency level: audio once, per level the chunks and where they end",
+                'row["audio"].get_all_samples(), row["words"]'),
+    "simulmt": ("one text-only sample per utterance and latency level, reads and writes interleaved",
+                'row["latency"], row["text"]["{lang}"]'),
+    "conversations": ("one simulated two-talker conversation: multi-channel audio, SOT transcript and "
+                      "translations, room, RTTM", 'row["audio"].get_all_samples().data.shape, row["sot_text"]'),
+}
+
+
+# -- Shards and the build id -------------------------------------------------------------------
+
+
+def _split_order(split: str) -> tuple[int, str]:
+    return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
+
+
+def shards(root: str) -> dict[str, dict[str, list[str]]]:
+    """config -> split -> shard paths (sorted), from `data/<config>/<split>-NNNNN-of-MMMMM.parquet`."""
+    from apache_beam.io.filesystems import FileSystems
+
+    found: dict[str, dict[str, list[str]]] = {}
+    for meta in FileSystems.match([files.join(root, "data", "*", "*.parquet")])[0].metadata_list:
+        _, config, name = data_name(meta.path).split("/")
+        m = SHARD.match(name)
+        if m:
+            found.setdefault(config, {}).setdefault(m["split"], []).append(meta.path)
+    return {c: {s: sorted(found[c][s]) for s in sorted(found[c], key=_split_order)} for c in sorted(found)}
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with files.open_read(path) as f:
+        while block := f.read(1 << 23):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_id(paths: list[str], config_hash: str) -> str:
+    """The dataset version: a hash of the config hash and of every shard's name and bytes."""
+    named = sorted((data_name(p), p) for p in paths)
+    h = hashlib.sha256(f"config {config_hash}\n".encode())
+    for name, path in named:
+        h.update(f"{name} {_file_sha256(path)}\n".encode())
+    return h.hexdigest()[:BUILD_ID_CHARS]
+
+
+def data_name(path: str) -> str:
+    """`data/<config>/<file>` of a shard path, wherever the folder is."""
+    config, name = path.replace("\\", "/").rsplit("/", 2)[-2:]
+    return f"data/{config}/{name}"
+
+
+def front_matter(text: str) -> dict[str, Any]:
+    """The card's YAML header; ValueError if it has none or it does not parse."""
+    match = re.match(r"^---\n(.*?)\n---\n", text, re.S)
+    if not match:
+        raise ValueError("the card does not start with a YAML header between --- lines")
+    try:
+        header = yaml.safe_load(match.group(1))
+    except yaml.YAMLError as e:
+        raise ValueError(f"the card's YAML header does not parse: {e}") from None
+    if not isinstance(header, dict):
+        raise ValueError("the card's YAML header is not a mapping")
+    return header
+
+
+# -- The card ----------------------------------------------------------------------------------
 
 
 def size_category(n: int) -> str:
@@ -23,64 +149,218 @@ def size_category(n: int) -> str:
 
 
 def most_restrictive(licenses: list[str]) -> str:
-    known = [lic for lic in LICENSE_ORDER if lic in licenses]
-    return known[0] if known else (licenses[0] if licenses else "other")
+    """The license a mixed build is offered under: terms we cannot rank make it `other`."""
+    if not licenses or any(lic not in LICENSE_ORDER for lic in licenses):
+        return "other"
+    return next(lic for lic in LICENSE_ORDER if lic in licenses)
 
 
-def header(configs: dict[str, datasets.Features], stats: dict[str, Any], langs: list[str], license_: str) -> dict:
+def header(configs: dict[str, datasets.Features], splits: dict[str, list[str]], stats: dict[str, Any],
+           langs: list[str], license_: str, build: str) -> dict:
     rows = stats["published"]
-    total = sum(n for c in rows.values() for n in c["rows"].values())
+    largest = max((sum(p["rows"].values()) for p in rows.values()), default=0)
+    run = stats["run"]
     return {
+        "pretty_name": f"simulforge English→{', '.join(langs)} simultaneous speech translation",
         "language": ["en", *langs],
         "license": license_,
         "task_categories": ["automatic-speech-recognition", "translation"],
-        "size_categories": [size_category(total)],
+        "tags": ["speech-translation", "simultaneous-translation", "simulforge"],
+        "size_categories": [size_category(largest)],
         "configs": [
             {"config_name": name, "data_files": [
-                {"split": split, "path": f"data/{name}/{split}-*"} for split in rows.get(name, {}).get("rows", {})
+                {"split": split, "path": f"data/{name}/{split}-*"} for split in splits[name]
             ]}
-            for name in configs
+            for name in configs if splits.get(name)
         ],
         "dataset_info": [
             {"config_name": name, "features": features._to_yaml_list()}
-            for name, features in configs.items()
+            for name, features in configs.items() if splits.get(name)
         ],
+        "simulforge": {"build": build, "pipeline": run["simulforge"], "config_hash": run["config_hash"],
+                       "git_commit": run["git_commit"]},
     }
 
 
-def render(configs: dict[str, datasets.Features], stats: dict[str, Any], *, langs: list[str],
-           corpora: dict[str, str], build_info: dict[str, str], sections: list[str] = ()) -> str:
-    license_ = most_restrictive(list(corpora.values()))
-    head = yaml.safe_dump(header(configs, stats, langs, license_), sort_keys=False, allow_unicode=True)
-    lines = [
-        "---", head.rstrip(), "---", "",
-        "# simulforge dataset", "",
-        f"Multi-way English → {', '.join(langs)} speech translation data curated by simulforge {__version__}.",
-        "",
-        "## How to load", "",
-    ]
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.3f}"
+
+
+def _quantile_row(label: str, values: list[float], digits: int = 2) -> str:
+    s = plots.summary(values)
+    return (f"| {label} | {s['n']} | " + " | ".join(f"{s[k]:.{digits}f}" for k in ("mean", "p10", "p50", "p90"))
+            + " |")
+
+
+QUANTILE_HEAD = ["| figure | n | mean | p10 | median | p90 |", "|---|---|---|---|---|---|"]
+
+
+def _image(pictures: dict[str, tuple[str, str]], name: str) -> list[str]:
+    if name not in pictures:
+        return []
+    path, caption = pictures[name]
+    return ["", f"![{caption}]({path})"]
+
+
+def _load_section(configs, splits, langs, build) -> list[str]:
+    lines = ["## Configs and how to load", "",
+             "Every config loads with `datasets` alone. Pin this build with its revision on the hub:", "",
+             "```python", "import datasets", "", 'REPO = "ORG/NAME"  # the hub repo, or the path of a local copy',
+             f'BUILD = "build-{build}"  # this dataset version', "```", ""]
     for name in configs:
-        lines += ["```python", "import datasets", f'ds = datasets.load_dataset("<this folder or repo>", "{name}")',
-                  "```", ""]
-    lines += ["## Sources and licenses", "", "| corpus | license |", "|---|---|"]
-    lines += [f"| {CORPUS_NAMES.get(c, c)} | {lic} |" for c, lic in corpora.items()]
-    lines += ["", f"A build that mixes corpora is offered under the most restrictive terms: **{license_}**.", ""]
-    lines += ["## Rows", "", "| config | split | rows | audio hours |", "|---|---|---|---|"]
-    for name, p in stats["published"].items():
-        for split, n in p["rows"].items():
-            lines.append(f"| {name} | {split} | {n} | {p['audio_hours'].get(split, 0):.3f} |")
-    lines += ["", "## Multi-way coverage", "", "| corpus | clips | " + " | ".join(langs) + " |",
-              "|---|---|" + "---|" * len(langs)]
+        if not splits.get(name):
+            continue
+        what, use = CONFIG_ROWS.get(name, ("", "row"))
+        columns = ", ".join(f"`{c}`" for c in configs[name])
+        lines += [f"### `{name}`", "", f"One row is {what}." if what else "", f"Columns: {columns}.", "",
+                  "```python", f'ds = datasets.load_dataset(REPO, "{name}", revision=BUILD)',
+                  f'row = ds["{splits[name][0]}"][0]', use.format(lang=langs[0]), "```", ""]
+    return lines
+
+
+def _size_section(configs, splits, stats, figures: plots.Figures, langs) -> list[str]:
+    lines = ["## Size", "", "Rows per split; per language, the rows that carry that language (a multi-way row "
+             "carries several) and their hours of audio.", ""]
+    for name in configs:
+        if not splits.get(name):
+            continue
+        published = stats["published"].get(name, {"rows": {}, "audio_hours": {}})
+        audio = bool(published["audio_hours"])
+        lines += [f"### `{name}`", "", "| split | rows |" + (" audio hours |" if audio else "")
+                  + "".join(f" {lang} |" for lang in langs), "|---|---|" + ("---|" if audio else "") + "---|" * len(langs)]
+        for split in splits[name]:
+            per_lang = figures.languages.get(name, {}).get(split, {})
+            cells = []
+            for lang in langs:
+                n, seconds = per_lang.get(lang, (0, 0.0))
+                cells.append(f"{n} rows, {_hours(seconds)} h" if audio else f"{n} rows")
+            hours = f" {published['audio_hours'].get(split, 0.0):.3f} |" if audio else ""
+            lines.append(f"| {split} | {published['rows'].get(split, 0)} |{hours} " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _sources_section(corpora: dict[str, str], license_: str) -> list[str]:
+    lines = ["## Sources, licenses and citations", "", "| corpus | license |", "|---|---|"]
+    lines += [f"| {CORPUS_NAMES.get(c, c)} | {LICENSE_NAMES.get(lic, lic)} (`{lic}`) |" for c, lic in corpora.items()]
+    if len(corpora) > 1:
+        terms = (f"the most restrictive terms of its sources: **{LICENSE_NAMES[license_]}**"
+                 if license_ in LICENSE_NAMES else "terms that cannot be ranked: each source's own terms apply")
+        lines += ["", f"This build mixes corpora, so it is offered under {terms}."]
+    if "nd" in license_.split("-"):
+        lines += ["", "NoDerivatives terms cover adapted material such as the chunked, aligned and simulated data "
+                  "here: check that your use is allowed before training on it."]
+    lines += ["", "Please cite the corpora you use:", ""]
+    for c in corpora:
+        if c in CITATIONS:
+            lines += [f"{CORPUS_NAMES.get(c, c)}:", "", "```bibtex", CITATIONS[c], "```", ""]
+    return lines
+
+
+def _coverage_section(stats, figures: plots.Figures, langs) -> list[str]:
+    lines = ["## Multi-way coverage", "", "Source clips per corpus after the join, and how many have each "
+             "translation:", "", "| corpus | clips | " + " | ".join(langs) + " |", "|---|---|" + "---|" * len(langs)]
     for corpus, c in stats["coverage"].items():
         cells = [str(c.get(lang, 0)) if lang not in c.get("not_in_corpus", []) else "not in corpus" for lang in langs]
         lines.append(f"| {CORPUS_NAMES.get(corpus, corpus)} | {c.get('clips', 0)} | " + " | ".join(cells) + " |")
-    lines += ["", "## Rejected records", "", "Every input is published or rejected with a reason "
-              "(`rejected.jsonl`); per stage:", "", "| stage | in | out | rejected | reasons |", "|---|---|---|---|---|"]
+    complete, total = figures.all_languages
+    if total and len(langs) > 1:
+        lines += ["", f"{complete} of {total} published utterances carry every language ({', '.join(langs)})."]
+    return lines + [""]
+
+
+def _rejects_section(stats) -> list[str]:
+    lines = ["## Rejected records", "", "Every input is published or rejected with a reason and a detail "
+             "(`rejected.jsonl`); per stage:", "", "| stage | in | out | rejected | reasons |", "|---|---|---|---|---|"]
     for stage, e in stats["stages"].items():
         reasons = ", ".join(f"{k}: {v}" for k, v in e["rejected"].items()) or "—"
         lines.append(f"| {stage} | {e['in']} | {e['out']} | {e['rejected_total']} | {reasons} |")
+    return lines + [""]
+
+
+def _quality_section(stats, figures: plots.Figures, pictures, sections) -> list[str]:
+    lines = ["## Data quality", ""]
+    if figures.durations:
+        lines += ["### Utterances", "", *QUANTILE_HEAD, _quantile_row("duration (s)", figures.durations),
+                  *_image(pictures, "durations"), ""]
     for section in sections:
-        lines += ["", section.rstrip()]
-    lines += ["", "## How it was built", ""]
+        lines += [section.rstrip()]
+    lines += [*_image(pictures, "monotonicity"), ""]
+    if plots.level_order(figures.chunk_words, stats):
+        lines += ["### Chunk length", "", "Source words per chunk, and seconds of speech per chunk where the "
+                  "`simulst` config gives chunk end times:", "", *QUANTILE_HEAD]
+        for level in plots.level_order(figures.chunk_words, stats):
+            lines.append(_quantile_row(f"{level}: words per chunk", figures.chunk_words[level]))
+        for level in plots.level_order(figures.chunk_seconds, stats):
+            lines.append(_quantile_row(f"{level}: seconds per chunk", figures.chunk_seconds[level]))
+        lines += [*_image(pictures, "chunk_length"), ""]
+    align = stats.get("align")
+    if align:
+        u = align["utterances"]
+        lines += ["### Forced alignment", "", f"{u['out']} of {u['in']} utterances aligned, {align['words']} words."]
+        err = align.get("error_ms")
+        if err and err.get("boundaries"):
+            lines.append(f"Word-boundary error against the true word times: mean {err['mean']} ms, median "
+                         f"{err['p50']} ms, p90 {err['p90']} ms over {err['boundaries']} boundaries in "
+                         f"{err['clips']} clips.")
+        else:
+            lines.append("Alignment error was not measured (no true word times for this input).")
+        lines.append("")
+    if figures.rooms.get("rt60_s"):
+        lines += ["### Conversations", "", "Simulated rooms, background noise and turn overlap per conversation:",
+                  "", *QUANTILE_HEAD, _quantile_row("RT60 (s)", figures.rooms["rt60_s"]),
+                  _quantile_row("SNR (dB)", figures.rooms["snr_db"], 1),
+                  _quantile_row("overlap ratio", figures.rooms["overlap_ratio"], 3), *_image(pictures, "conversations"),
+                  ""]
+    return lines
+
+
+def render(configs: dict[str, datasets.Features], stats: dict[str, Any], *, splits: dict[str, list[str]],
+           langs: list[str], corpora: dict[str, str], build_info: dict[str, str], build: str,
+           figures: plots.Figures, pictures: dict[str, tuple[str, str]], sections: list[str] = ()) -> str:
+    """The card's text. `splits`: the splits each config has shards for; `pictures`: plot name ->
+    (relative path, caption); `sections`: markdown from stages, shown under data quality."""
+    license_ = most_restrictive(list(corpora.values()))
+    head = yaml.safe_dump(header(configs, splits, stats, langs, license_, build), sort_keys=False,
+                          allow_unicode=True)
+    run = stats["run"]
+    lines = [
+        "---", head.rstrip(), "---", "",
+        f"# simulforge: English → {', '.join(langs)} simultaneous speech translation", "",
+        f"Multi-way speech translation data from {', '.join(CORPUS_NAMES.get(c, c) for c in corpora)}, curated by "
+        f"simulforge {run['simulforge']} into the configs {', '.join(f'`{c}`' for c in configs if splits.get(c))}.",
+        "",
+        f"**Dataset version: build `{build}`**, a hash of every shard's bytes and of the config hash "
+        f"`{run['config_hash']}`: any change to the data gives a new build. On the hub every build has its own "
+        f"revision `build-{build}` (a tag, or a branch when the default branch holds another build), so shards "
+        "of two builds are never mixed.", "",
+        *_load_section(configs, splits, langs, build),
+        *_size_section(configs, splits, stats, figures, langs),
+        *_sources_section(corpora, license_),
+        *_coverage_section(stats, figures, langs),
+        *_rejects_section(stats),
+        *_quality_section(stats, figures, pictures, sections),
+        "## How it was built", "",
+        f"- dataset version: `build {build}`",
+    ]
     lines += [f"- {k}: `{v}`" for k, v in build_info.items()]
-    return "\n".join(lines) + "\n"
+    fixes = ", ".join(f"{k} {v}" for k, v in stats.get("audio_fixes", {}).items())
+    if fixes:
+        lines.append(f"- audio fixes (clips): {fixes}")
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)) + "\n"  # sections that are absent leave no gaps
+
+
+def write(root: str, configs: dict[str, datasets.Features], stats: dict[str, Any], *, langs: list[str],
+          corpora: dict[str, str], build_info: dict[str, str], sections: list[str] = ()) -> str:
+    """Hash the shards under `root`, read their figures, save the plots beside the card and write
+    README.md; returns the build id."""
+    shard_map = shards(root)
+    build = build_id([p for splits in shard_map.values() for ps in splits.values() for p in ps],
+                     stats["run"]["config_hash"])
+    figures = plots.collect(shard_map, langs)
+    pictures = plots.draw(figures, stats, root)
+    text = render(configs, stats, splits={c: list(s) for c, s in shard_map.items()}, langs=langs, corpora=corpora,
+                  build_info=build_info, build=build, figures=figures, pictures=pictures, sections=sections)
+    with files.open_write(files.join(root, "README.md")) as f:
+        f.write(text.encode())
+    return build

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from ..transforms.align import ForcedAlignSettings
 from ..transforms.embed import EmbedSettings
 from ..transforms.readers import CORPORA, CorpusSettings
 from ..transforms.segment import SegmentSettings
@@ -20,7 +21,7 @@ from ..transforms.simulate import SimulateSettings
 LANG_CODE = re.compile(r"^[a-z]{2,3}$")
 DATASET_CONFIGS = ("offline", "simulst", "simulmt", "conversations")
 # Each stage's defaults live in configs/stages/<name>.yaml and form the `<name>:` section.
-STAGE_SECTIONS = ("segment", "embed", "simulate")
+STAGE_SECTIONS = ("segment", "align", "embed", "simulate")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class CurateSettings:
     configs: list[str]
     corpus: dict[str, CorpusSettings]
     segment: SegmentSettings
+    align: ForcedAlignSettings
     embed: EmbedSettings
     simulate: SimulateSettings
 

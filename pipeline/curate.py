@@ -18,7 +18,7 @@ from typing import Any
 import apache_beam as beam
 
 from .. import __version__
-from ..transforms import files, readers, segment
+from ..transforms import align, files, readers, segment
 from ..transforms.embed import teacher_info
 from ..transforms.publish import shard_name, write_shard
 from ..transforms.settings import ConfigError
@@ -45,6 +45,8 @@ def ensure_input(settings: CurateSettings, echo) -> CurateSettings:
         echo(f"no input given: building the demo corpora into {root}")
         build_demo_corpora(root)
     settings.input = root
+    if settings.align.truth is None:  # the demo knows its true word timings: measure the aligner
+        settings.align.truth = os.path.join(root, "truth", "word_times.jsonl")
     return settings
 
 
@@ -138,6 +140,9 @@ def build_info(settings: CurateSettings, summary: dict[str, Any], teacher: dict 
             "dataset configs": ", ".join(settings.configs)}
     if "simulst" in settings.configs or "simulmt" in settings.configs:
         info["segmenter"] = f"{segmenter}; levels {', '.join(seg.levels)}"
+    if "simulst" in settings.configs:
+        info["aligner"] = (f"{settings.align.backend}; encoder block {settings.align.block_samples} samples "
+                           f"({1000 * settings.align.block_samples / settings.sampling_rate:.0f} ms)")
     if teacher:
         info["embedding teacher"] = f"{teacher['name']}, {teacher['dim']}-dim, prefix {teacher['prefix']!r}"
     if "conversations" in settings.configs and settings.simulate.enabled:
@@ -174,6 +179,8 @@ def run(settings: CurateSettings, extra_beam_args: list[str] | None = None, echo
     sections = {}
     if "segment" in sums:
         sections["segment"] = segment.summarize(sums["segment"])
+    if "align" in sums:
+        sections["align"] = align.summarize(sums["align"])
     teacher = teacher_info(settings.embed)
     if teacher:
         sections["embedding_teacher"] = teacher

@@ -16,7 +16,8 @@ import json
 
 import apache_beam as beam
 
-from ..transforms import files
+from ..transforms import files, simulst_rows
+from ..transforms.align import Align
 from ..transforms.audio import attach_audio
 from ..transforms.conversations_rows import conversation_features
 from ..transforms.conversations_rows import row as conversation_row
@@ -41,6 +42,8 @@ def features(settings: CurateSettings):
     teacher = teacher_info(settings.embed)
     dim = teacher["dim"] if teacher else None
     out = {"offline": offline_features(langs, rate, dim)}
+    if "simulst" in settings.configs:
+        out["simulst"] = simulst_rows.simulst_features(langs, settings.segment.levels, rate, dim)
     if "simulmt" in settings.configs:
         out["simulmt"] = simulmt_features(langs)
     if "conversations" in settings.configs and settings.simulate.enabled:
@@ -89,6 +92,11 @@ def build(p: beam.Pipeline, settings: CurateSettings, tasks: list[ReadTask], sta
         segmented = add("segment", last, utts | "Segment" >> Segment(settings.segment))
         if "simulmt" in settings.configs:
             publish("simulmt", segmented, "segment", lambda u: simulmt_rows(u, langs))
+        if "simulst" in settings.configs:
+            aligned = add("align", "segment", segmented | "Align" >> Align(settings.align))
+            levels, block = settings.segment.levels, settings.align.block_samples
+            publish("simulst", aligned, "align", lambda u: [simulst_rows.row(
+                u, langs, levels, block_samples=block, sampling_rate=rate)])
 
     if "conversations" in settings.configs and settings.simulate.enabled:
         convs = utts | "Simulate" >> Simulate(settings.simulate)

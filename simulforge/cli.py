@@ -41,6 +41,7 @@ def _curate(args, beam_args: list[str]) -> int:
 DELEGATED = {
     "segment-batch": ("simulforge.segment_batch", "LLM segmentation through the Batch API: submit|status|collect"),
     "export": ("simulforge.export_lhotse", "export a published dataset: `export lhotse DATASET DIR`"),
+    "publish": ("simulforge.publish", "check a curated folder and upload it to the Hugging Face Hub"),
     "train": ("simulforge.train", "train a model family from a published dataset"),
 }
 

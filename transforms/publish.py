@@ -85,7 +85,7 @@ def write_shard(path: str, schema: pa.Schema, rows: Iterable[dict]) -> int:
             if len(batch) == RECORD_BATCH:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
                 n, batch = n + len(batch), []
-        if batch or n == 0:
+        if batch:  # an empty shard keeps no row group: `datasets` cannot read a zero-row one
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
             n += len(batch)
     files.rename(tmp, path)
