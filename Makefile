@@ -63,7 +63,7 @@ curate: setup
 
 publish: setup
 	@test -n "$(REPO)" || { echo "make publish REPO=ORG/NAME [OUTPUT=dir] [REVISION=branch] [PRIVATE=1] [DRY_RUN=1]" >&2; exit 2; }
-	$(PY) -m simulforge.publish $(OUTPUT) $(PUBLISH_FLAGS)
+	$(SF) publish $(OUTPUT) $(PUBLISH_FLAGS)
 
 demo-data: setup
 	$(SF) demo-data $(or $(DIR),demo)
