@@ -157,9 +157,9 @@ def sentence_pairs(utt: Utterance) -> Iterator[tuple[str, tuple[str, str, str]]]
 def align_language(group: tuple[str, Any], settings: AlignSettings) -> Iterator[tuple[str, tuple]]:
     """Align one language's whole corpus; (id, (lang, source, translation, links)) per pair."""
     lang, entries = group
-    entries = list(entries)
+    entries = sorted(entries)  # a grouping's order is the runner's: sort so the cache key is stable
     extra = read_parallel(settings.extra_parallel[lang]) if lang in settings.extra_parallel else []
-    links = align_corpus([(s, t) for _, s, t in entries], settings.eflomal, extra)
+    links = align_corpus([(s, t) for _, s, t in entries], settings.eflomal, extra, settings.cache_dir)
     for (uid, source, text), found in zip(entries, links, strict=True):
         yield uid, (lang, source, text, tuple(sorted(found)))
 
@@ -181,8 +181,9 @@ def attach_links(joined: tuple[str, dict[str, list]]) -> Iterator[tuple[Utteranc
 def measure_language(group: tuple[str, Any], settings: AlignSettings) -> Iterator[Stat]:
     """Re-align one language's published pairs and emit their crossing counts."""
     lang, entries = group
-    entries = list(entries)
-    links = align_corpus([(s, t) for _, s, t, _ in entries], settings.eflomal)
+    entries = sorted(entries)  # a grouping's order is the runner's: sort so the cache key is stable
+    cache = settings.cache_dir and f"{settings.cache_dir}/measure"  # a second, independent alignment
+    links = align_corpus([(s, t) for _, s, t, _ in entries], settings.eflomal, cache_dir=cache)
     for (_, _, _, views), found in zip(entries, links, strict=True):
         yield from crossing_stats(STAGE, lang, found, views)
 

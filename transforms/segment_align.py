@@ -17,6 +17,9 @@ Target chunks are spans of the reference translation: nothing is invented.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import re
 import tempfile
@@ -67,6 +70,7 @@ class AlignSettings:
     eflomal: EflomalSettings
     extra_parallel: dict[str, str]  # lang -> TSV of extra "source<TAB>target" lines to learn from
     reject_unsplit_over_words: int  # a longer sentence that stays one unit is rejected
+    cache_dir: str | None  # where corpus alignments are kept for re-runs; None: not kept
 
 
 class NoMonotoneSplit(ValueError):
@@ -124,12 +128,37 @@ def _read_links(path: str) -> list[set[Link]]:
 
 
 def align_corpus(
-    pairs: Sequence[tuple[str, str]], settings: EflomalSettings, extra: Sequence[tuple[str, str]] = ()
+    pairs: Sequence[tuple[str, str]],
+    settings: EflomalSettings,
+    extra: Sequence[tuple[str, str]] = (),
+    cache_dir: str | None = None,
 ) -> list[set[Link]]:
     """Symmetrised word-level links for every (source, target) pair, learnt from all of them.
 
     `extra` pairs only add training text. Pairs with nothing to align on one side get no links.
+    eflomal seeds itself from /dev/urandom and takes no seed, so two runs differ; with a
+    `cache_dir` the links of a corpus are kept (keyed by its text and the settings) and a
+    re-run of the same corpus gets the same links, hence the same chunks.
     """
+    if cache_dir is None:
+        return _align_corpus(pairs, settings, extra)
+    from . import files
+
+    key = hashlib.sha256(json.dumps([list(pairs), list(extra), dataclasses.asdict(settings)]).encode()).hexdigest()
+    path = files.join(cache_dir, f"{key[:32]}.json")
+    if files.exists(path):
+        return [{tuple(link) for link in found} for found in json.loads(files.read_bytes(path))]
+    result = _align_corpus(pairs, settings, extra)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with files.open_write(tmp) as f:
+        f.write(json.dumps([sorted(found) for found in result]).encode())
+    files.rename(tmp, path)
+    return result
+
+
+def _align_corpus(
+    pairs: Sequence[tuple[str, str]], settings: EflomalSettings, extra: Sequence[tuple[str, str]]
+) -> list[set[Link]]:
     import eflomal
 
     tokenised = [(alignment_tokens(s), alignment_tokens(t)) for s, t in pairs]
