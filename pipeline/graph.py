@@ -96,7 +96,8 @@ def build(p: beam.Pipeline, settings: CurateSettings, tasks: list[ReadTask], sta
             aligned = add("align", "segment", segmented | "Align" >> Align(settings.align))
             levels, block = settings.segment.levels, settings.align.block_samples
             publish("simulst", aligned, "align", lambda u: [simulst_rows.row(
-                u, langs, levels, block_samples=block, sampling_rate=rate)])
+                u, langs, levels, block_samples=block, sampling_rate=rate,
+                monotonicity={level: seg.crossing for level, seg in u.segmentations.items()})])
 
     if "conversations" in settings.configs and settings.simulate.enabled:
         convs = utts | "Simulate" >> Simulate(settings.simulate)

@@ -55,6 +55,7 @@ def curate(
             f"languages=[{','.join(langs)}]",
             f"corpora=[{','.join(corpora)}]",
             f"configs=[{','.join(configs)}]",
+            f"align.truth={input_dir}/truth/word_times.jsonl",
             *([] if len(configs) > 1 else ["embed.enabled=false"]),
             *overrides,
         ]

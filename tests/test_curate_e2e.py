@@ -68,6 +68,14 @@ def test_in_process_publishes_every_config(curated):
         loaded = datasets.load_dataset(str(out), config)
         assert {s: len(loaded[s]) for s in loaded} == stats["published"][config]["rows"]
     assert set(stats["published"]) == set(ALL) - ({"simulst"} if "align" not in stats["stages"] else set())
+    simulst = datasets.load_dataset(str(out), "simulst", split="train")
+    row = simulst[0]
+    for level, chunks in row["latency"].items():
+        assert " ".join(chunks["source_chunks"]) == row["source_text"]
+        assert all(len(t) == len(chunks["source_chunks"]) for t in chunks["target_chunks"].values() if t)
+        assert chunks["chunk_end_s"] == sorted(chunks["chunk_end_s"]) and chunks["chunk_end_s"][-1] <= row["duration"]
+    assert any(rate is not None for r in simulst for level in r["monotonicity"].values() for rate in level.values())
+    assert stats["align"]["error_ms"]["mean"] < 60  # the demo's true word times are known
     conv = datasets.load_dataset(str(out), "conversations", split="train")[0]
     assert conv["audio"].get_all_samples().data.shape[0] == 7  # the glasses array
     assert conv["sot_text"].startswith(("<SELF>", "<OTHER>"))

@@ -31,6 +31,8 @@ class Segmentation:
     level: str
     source_chunks: list[str]
     target_chunks: dict[str, list[str]]
+    # Crossing rate of each language's chunk pairs, from an alignment independent of the cut.
+    crossing: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -18,6 +18,7 @@ stage's summed stats into the `segment` section of stats.json.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from typing import Any, Literal
 import apache_beam as beam
 
 from . import segment_llm
-from .monotonicity import OFFLINE, crossing_stats, measurement_pairs
+from .monotonicity import OFFLINE, chunk_of_word, crossing_stats, crossings, measurement_pairs
 from .records import Reject, Stat, Utterance
 from .segment_align import AlignSettings, NoMonotoneSplit, align_corpus, read_parallel, segment_pair
 from .segment_llm import LlmSegmenter, LlmSettings, Outcome
@@ -178,14 +179,29 @@ def attach_links(joined: tuple[str, dict[str, list]]) -> Iterator[tuple[Utteranc
         )
 
 
-def measure_language(group: tuple[str, Any], settings: AlignSettings) -> Iterator[Stat]:
-    """Re-align one language's published pairs and emit their crossing counts."""
+def measure_language(group: tuple[str, Any], settings: AlignSettings) -> Iterator[Any]:
+    """Re-align one language's published pairs: their crossing counts as stats, and each
+    level's rate per utterance as (id, (lang, level, rate))."""
     lang, entries = group
     entries = sorted(entries)  # a grouping's order is the runner's: sort so the cache key is stable
     cache = settings.cache_dir and f"{settings.cache_dir}/measure"  # a second, independent alignment
     links = align_corpus([(s, t) for _, s, t, _ in entries], settings.eflomal, cache_dir=cache)
-    for (_, _, _, views), found in zip(entries, links, strict=True):
+    for (uid, _, _, views), found in zip(entries, links, strict=True):
         yield from crossing_stats(STAGE, lang, found, views)
+        for name, chunk_words in views:
+            if chunk_words is not None:
+                yield uid, (lang, name, crossings(found, chunk_of_word(chunk_words)).rate)
+
+
+def attach_crossing(joined: tuple[str, dict[str, list]]) -> Iterator[Utterance]:
+    """The utterance with each level's measured crossing rate per language."""
+    _, grouped = joined
+    for utt in grouped["utt"]:
+        segs = {level: dataclasses.replace(seg, crossing=dict(seg.crossing))
+                for level, seg in utt.segmentations.items()}
+        for lang, level, rate in grouped["rates"]:
+            segs[level].crossing[lang] = round(rate, 6)
+        yield utt.replace(segmentations=segs)
 
 
 # -- Beam --------------------------------------------------------------------------------------
@@ -269,10 +285,17 @@ class Segment(beam.PTransform):
         if s.monotonicity.aligner == "simalign":
             crossing = pairs | "Simalign" >> beam.ParDo(_SimalignCrossings(s.monotonicity.simalign_model))
         else:
-            crossing = (
+            measured = (
                 pairs
                 | "MeasureByLanguage" >> beam.GroupByKey()
                 | "MeasureEflomal" >> beam.FlatMap(measure_language, s.align)
+            )
+            crossing = measured | "CrossingStats" >> beam.Filter(lambda x: isinstance(x, Stat))
+            rates = measured | "CrossingRates" >> beam.Filter(lambda x: not isinstance(x, Stat))
+            out = (
+                {"utt": out | "MeasuredById" >> beam.Map(lambda u: (u.id, u)), "rates": rates}
+                | "JoinRates" >> beam.CoGroupByKey()
+                | "AttachRates" >> beam.FlatMap(attach_crossing)
             )
         return out, rejects, (stats, crossing) | "AllStats" >> beam.Flatten()
 
