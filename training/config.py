@@ -148,13 +148,6 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {hint}")
 
 
-def merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def apply_override(data: dict, override: str) -> dict:
     """`a.b.c=value` (value parsed as YAML) set into `data`; list items by index (`stages.0.steps=5`)."""
     if "=" not in override:
