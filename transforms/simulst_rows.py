@@ -8,9 +8,10 @@ One row is one aligned utterance with its audio stored once and every latency le
                      (one per block read: 0 read, 1 write), as EASiST trains on them
   words              [{word, start, end}] from forced alignment
   block_samples      the encoder block the sizes and labels were computed for
-  monotonicity       <level>.<lang>: the chunked pair's crossing rate, where the caller has
-                     it (the segment stage measures crossings as corpus stats; no record
-                     carries them yet), else null
+  monotonicity       <level>.<lang>: the chunked pair's crossing rate as the segment stage
+                     measured it (null where it was not measured)
+
+plus every column of the `offline` config.
 
 Per-level and per-language columns are structs with a field for every configured level and
 requested language, so every shard has the same schema; what an utterance lacks is null.
@@ -21,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from datasets import Audio, Features, List, Value
+from datasets import Features, List, Value
 
-from .audio import clip_bytes
+from .publish import offline_features, offline_row
 from .records import Utterance
 from .timing import policy_labels, speech_seg_sizes
 
@@ -38,23 +39,14 @@ def simulst_features(languages: Sequence[str], levels: Sequence[str], sampling_r
         "speech_seg_size": List(Value("int64")),
         "labels": List(Value("int8")),
     }
-    features = {
-        "id": Value("string"),
-        "corpus": Value("string"),
-        "audio": Audio(sampling_rate=sampling_rate),
-        "duration": Value("float64"),
-        "speaker": Value("string"),
-        "source_lang": Value("string"),
-        "source_text": Value("string"),
-        "translation": {lang: Value("string") for lang in languages},
+    features = offline_features(list(languages), sampling_rate, embedding_dim)
+    features.update({
         "block_samples": Value("int32"),
         "latency": {name: level for name in levels},
         "words": List({"word": Value("string"), "start": Value("float64"), "end": Value("float64")}),
         "monotonicity": {name: {lang: Value("float64") for lang in languages} for name in levels},
-    }
-    if embedding_dim:
-        features["embedding"] = List(Value("float32"), length=embedding_dim)
-    return Features(features)
+    })
+    return features
 
 
 def row(utt: Utterance, languages: Sequence[str], levels: Sequence[str], *, block_samples: int,
@@ -80,21 +72,12 @@ def row(utt: Utterance, languages: Sequence[str], levels: Sequence[str], *, bloc
             "labels": policy_labels(sizes, block_samples),
         }
     measured = monotonicity or {}
-    out = {
-        "id": utt.id,
-        "corpus": utt.corpus,
-        "audio": {"bytes": clip_bytes(utt), "path": utt.id.replace("/", "_") + ".flac"},
-        "duration": utt.duration_s,
-        "speaker": utt.speaker,
-        "source_lang": utt.source_lang,
-        "source_text": utt.source_text,
-        "translation": {lang: utt.translations.get(lang) for lang in languages},
+    out = offline_row(utt, list(languages))
+    out.update({
         "block_samples": block_samples,
         "latency": latency,
         "words": [{"word": w, "start": s, "end": e} for w, s, e in utt.timing.words],
         "monotonicity": {name: {lang: measured.get(name, {}).get(lang) for lang in languages}
                          for name in levels},
-    }
-    if utt.embedding is not None:
-        out["embedding"] = utt.embedding
+    })
     return out
