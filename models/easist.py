@@ -18,6 +18,7 @@ encodes one block, feeds its adapter frames to the LM and returns p(write); `wri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,8 +286,12 @@ class Easist(nn.Module):
         p_write = self._policy(state.hidden).softmax(-1)[0, 1].item()
         return p_write, state
 
-    def write(self, state: EasistState, max_tokens: int = 50) -> tuple[list[int], EasistState]:
-        """Append <|end-of-read|>, decode greedily until <|end-of-write|> (fed too) or max_tokens."""
+    def write(self, state: EasistState, max_tokens: int = 50, on_token: Callable[[int], None] | None = None
+              ) -> tuple[list[int], EasistState]:
+        """Append <|end-of-read|>, decode greedily until <|end-of-write|> (fed too) or max_tokens.
+
+        `on_token` is called with each token as soon as it is decoded (an evaluator times them one by one).
+        """
         device = self.policy.weight.device
         token, out = self.cfg.eor_id, []
         while True:
@@ -299,7 +304,19 @@ class Easist(nn.Module):
                     token = self.cfg.eow_id  # forced end: the cache still gets <|end-of-write|>
                 else:
                     out.append(token)
+                    if on_token is not None:
+                        on_token(token)
         return out, state
+
+    def read_all(self, feats: Tensor, state: EasistState) -> EasistState:
+        """Offline reading: encode a whole utterance (1, T, n_mels) at once and feed every block's adapter
+        frames to the LM in one call. The same numbers as `read` block by block, in fewer calls; the
+        returned state cannot read further blocks."""
+        enc, lengths = self.encoder(feats, torch.tensor([feats.shape[1]], device=feats.device))
+        blocks, counts = self.adapter(enc, lengths)
+        speech = torch.cat([blocks[0, b, :n] for b, n in enumerate(counts[0].tolist())])[None]
+        return self._feed(speech.to(self._embed_tokens(torch.zeros(1, dtype=torch.long, device=feats.device)).dtype),
+                          state)
 
     @torch.no_grad()
     def simultaneous_generate(self, feats: Tensor, prompt_ids: list[int], threshold: float | None = None,

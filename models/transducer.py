@@ -254,13 +254,24 @@ class Jstar(nn.Module):
         """
         fast, fast_state = self.fast.forward_block(self.front(block_feats), state.fast)
         asr_tokens, asr = self.asr.greedy(fast, state.asr, self.cfg.max_symbols_per_frame)
-        buffer, slow_state, st, st_tokens = torch.cat([state.buffer, fast], dim=1), state.slow, state.st, []
+        state = JstarState(fast_state, state.slow, torch.cat([state.buffer, fast], dim=1), asr, state.st)
+        st_tokens, state = self._slow_blocks(state, final)
+        return asr_tokens, st_tokens, state
+
+    def flush(self, state: JstarState) -> tuple[list[int], JstarState]:
+        """End of a stream whose last `forward_block` did not know it was the last: the ST tokens of
+        the fast frames still waiting for a complete slow block."""
+        return self._slow_blocks(state, final=True)
+
+    def _slow_blocks(self, state: JstarState, final: bool) -> tuple[list[int], JstarState]:
+        """Run the slow encoder and ST head on every complete slow block buffered (and a partial one if final)."""
+        buffer, slow_state, st, st_tokens = state.buffer, state.slow, state.st, []
         while buffer.shape[1] >= self.cfg.slow.block_len or (final and buffer.shape[1] > 0):
             block, buffer = buffer[:, : self.cfg.slow.block_len], buffer[:, self.cfg.slow.block_len:]
             slow, slow_state = self.slow.forward_block(block, slow_state)
             new, st = self.st.greedy(slow, st, self.cfg.max_symbols_per_frame)
             st_tokens += new
-        return asr_tokens, st_tokens, JstarState(fast_state, slow_state, buffer, asr, st)
+        return st_tokens, JstarState(state.fast, slow_state, buffer, state.asr, st)
 
     @torch.no_grad()
     def decode_offline(self, feats: Tensor) -> tuple[list[int], list[int]]:

@@ -43,6 +43,7 @@ DELEGATED = {
     "export": ("simulforge.export_lhotse", "export a published dataset: `export lhotse DATASET DIR`"),
     "publish": ("simulforge.publish", "check a curated folder and upload it to the Hugging Face Hub"),
     "train": ("simulforge.train", "train a model family from a published dataset"),
+    "evaluate": ("simulforge.evaluate", "simultaneous decoding, quality and latency of a run; `evaluate data` scores a dataset"),
 }
 
 

@@ -1,0 +1,178 @@
+"""Read/write policies of the simultaneous driver, which families take which, and `--sweep` parsing.
+
+A policy only decides; the driver (driver.py) owns every model state. Decisions are taken each
+time an encoder block has been read, and everything left is written once the source ends.
+
+| policy | families | writes when | latency knob |
+|---|---|---|---|
+| `waitk` | waitk, samu | token u once k + u blocks are read (Ma et al. 2019) | `k` (blocks) |
+| `waitk` | easist | a chunk (until <|end-of-write|>) every k blocks: EASiST's fixed-policy ablation | `k` |
+| `policy-head` | easist | the policy head's p(write) after a block exceeds tau (EASiST) | `tau` |
+| `edatt` | waitk, samu | the candidate token's cross-attention on the last `frames` encoder frames sums below alpha (Papi et al. 2023a) | `alpha` |
+| `alignatt` | waitk, samu | the candidate token's most attended frame is not among the last `f` frames (Papi et al. 2023b) | `f` (encoder frames) |
+| `transducer` | jstar | the transducer emits a non-blank symbol (JSTAR) | none |
+| `offline` | all | after the whole source, decoded offline (the comparison point) | none |
+
+The attention policies read the cross-attention of the last decoder layer, averaged over heads,
+at the candidate token (`CrossAttention`), and apply to the encoder-decoder families only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+class PolicyError(ValueError):
+    """A policy or sweep that the model family cannot run, or a malformed `--sweep`."""
+
+
+@dataclass(frozen=True)
+class WaitK:
+    name: ClassVar[str] = "waitk"
+    param: ClassVar[str | None] = "k"
+    k: int
+
+    def ready(self, blocks: int, written: int, finished: bool) -> bool:
+        """May the `written`-th output (0-based) be written after `blocks` blocks?"""
+        return finished or blocks >= self.k + written
+
+
+@dataclass(frozen=True)
+class PolicyHead:
+    name: ClassVar[str] = "policy-head"
+    param: ClassVar[str | None] = "tau"
+    tau: float
+
+    def write(self, p_write: float, finished: bool) -> bool:
+        return finished or p_write > self.tau
+
+
+@dataclass(frozen=True)
+class EDAtt:
+    name: ClassVar[str] = "edatt"
+    param: ClassVar[str | None] = "alpha"
+    alpha: float
+    frames: int = 2  # lambda: the most recent encoder frames (40 ms each) whose attention is summed
+
+    def accept(self, attention: Tensor, finished: bool) -> bool:
+        """Emit the candidate token unless it leans on the newest audio (it may still change)."""
+        return finished or float(attention[-self.frames:].sum()) < self.alpha
+
+
+@dataclass(frozen=True)
+class AlignAtt:
+    name: ClassVar[str] = "alignatt"
+    param: ClassVar[str | None] = "f"
+    f: int
+
+    def accept(self, attention: Tensor, finished: bool) -> bool:
+        """Emit the candidate token unless its aligned frame is among the last f frames."""
+        return finished or int(attention.argmax()) < attention.shape[0] - self.f
+
+
+@dataclass(frozen=True)
+class Transducer:
+    name: ClassVar[str] = "transducer"
+    param: ClassVar[str | None] = None
+
+
+@dataclass(frozen=True)
+class Offline:
+    name: ClassVar[str] = "offline"
+    param: ClassVar[str | None] = None
+
+
+Policy = WaitK | PolicyHead | EDAtt | AlignAtt | Transducer | Offline
+POLICIES: dict[str, type] = {p.name: p for p in (WaitK, PolicyHead, EDAtt, AlignAtt, Transducer, Offline)}
+FAMILY_POLICIES = {
+    "waitk": ("waitk", "edatt", "alignatt", "offline"),
+    "samu": ("waitk", "edatt", "alignatt", "offline"),
+    "easist": ("policy-head", "waitk", "offline"),
+    "jstar": ("transducer", "offline"),
+}
+# Without --sweep: k=3 is what the tiny configs train with; EDAtt's alpha=0.4 and AlignAtt's f=4 sit in
+# the middle of the papers' sweeps; EASiST's tau is the run's own `policy_threshold`.
+DEFAULTS = {"waitk": 3, "edatt": 0.4, "alignatt": 4}
+
+
+def label(policy: Policy) -> str:
+    """A setting's name, also its folder: "waitk_k=3", "policy-head_tau=0.5", "offline"."""
+    if policy.param is None:
+        return policy.name
+    return f"{policy.name}_{policy.param}={getattr(policy, policy.param):g}"
+
+
+def _make(name: str, value: float) -> Policy:
+    if name == "waitk":
+        if value != int(value) or value < 1:
+            raise PolicyError(f"--sweep k: a whole number of blocks >= 1, got {value:g}")
+        return WaitK(int(value))
+    if name == "alignatt":
+        if value != int(value) or value < 1:
+            raise PolicyError(f"--sweep f: a whole number of encoder frames >= 1, got {value:g}")
+        return AlignAtt(int(value))
+    if name == "edatt":
+        if not 0 < value <= 1:
+            raise PolicyError(f"--sweep alpha: an attention mass in (0, 1], got {value:g}")
+        return EDAtt(value)
+    if not 0 <= value <= 1:
+        raise PolicyError(f"--sweep tau: a probability in [0, 1], got {value:g}")
+    return PolicyHead(value)
+
+
+def parse(family: str, policy: str | None, sweep: str | None, model_cfg) -> list[Policy]:
+    """The settings to evaluate: `policy` (default: the family's first) at each `sweep` value.
+
+    `sweep` is "<param>=v1,v2,...", e.g. "k=1,3,5" or "tau=0.3,0.5,0.7"; `model_cfg` supplies
+    EASiST's trained threshold when no tau is given.
+    """
+    allowed = FAMILY_POLICIES[family]
+    name = policy or allowed[0]
+    if name not in allowed:
+        raise PolicyError(f"--policy {name}: the {family} family runs {', '.join(allowed)}")
+    cls = POLICIES[name]
+    if sweep is None:
+        if cls.param is None:
+            return [cls()]
+        return [_make(name, model_cfg.policy_threshold if name == "policy-head" else DEFAULTS[name])]
+    if cls.param is None:
+        raise PolicyError(f"--sweep: the {name} policy has no latency knob to sweep")
+    key, sep, values = sweep.partition("=")
+    if not sep or key.strip() != cls.param:
+        raise PolicyError(f"--sweep {sweep}: the {name} policy sweeps {cls.param}, e.g. {cls.param}=1,2,3")
+    try:
+        numbers = [float(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        raise PolicyError(f"--sweep {sweep}: values must be numbers separated by commas") from None
+    if not numbers:
+        raise PolicyError(f"--sweep {sweep}: no values")
+    return list(dict.fromkeys(_make(name, v) for v in numbers))
+
+
+class CrossAttention:
+    """Records one decoder layer's cross-attention at the newest query, averaged over heads.
+
+    A forward hook on the layer's cross-attention recomputes the weights from its query input and
+    the cached memory keys (the model's fused attention does not return them); after each decoder
+    step, `weights` holds a (frames,) distribution over the encoder frames read so far.
+    """
+
+    def __init__(self, attention: nn.Module):
+        self.weights: Tensor | None = None
+        self._handle = attention.register_forward_hook(self._record, with_kwargs=True)
+
+    def _record(self, module: nn.Module, args, kwargs, output) -> None:
+        x, keys = args[0][:, -1:], kwargs["kv"][0]  # (B, 1, D), (B, H, S, D/H)
+        B, _, D = x.shape
+        heads = module.n_heads
+        q = module.q(x).view(B, 1, heads, D // heads).transpose(1, 2)
+        scores = q @ keys.transpose(-1, -2) / math.sqrt(D // heads)
+        self.weights = torch.softmax(scores.float(), dim=-1).mean(dim=1)[0, 0]
+
+    def close(self) -> None:
+        self._handle.remove()
