@@ -4,6 +4,7 @@ import pickle
 
 import apache_beam as beam
 from apache_beam.testing.util import assert_that
+
 from simulforge.transforms.segment import Segment
 
 

@@ -14,11 +14,11 @@ import lhotse  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
+
+from simulforge.export_lhotse import main  # noqa: E402
 from simulforge.transforms.audio import encode_flac  # noqa: E402
 from simulforge.transforms.publish import offline_features, offline_row  # noqa: E402
 from simulforge.transforms.records import AudioRef, Utterance  # noqa: E402
-
-from simulforge.export_lhotse import main  # noqa: E402
 
 RATE = 16000
 LANGS = ["de", "es"]

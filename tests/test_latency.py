@@ -8,6 +8,7 @@ from argparse import Namespace
 
 import numpy as np
 import pytest
+
 from simulforge.eval.instances import make_instance, read_instances, write_instances
 from simulforge.eval.latency import (
     average_lagging,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from simulforge.eval.instances import make_instance, rescore, write_instances
 from simulforge.eval.latency import score_instances
 from simulforge.eval.quality import bleu, chrf, speaker_attributed_wer, split_speakers, wer

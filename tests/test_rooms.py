@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from scipy.signal import fftconvolve
+
 from simulforge.transforms import rooms, simulate
 from simulforge.transforms.settings import ConfigError
 

@@ -3,6 +3,7 @@ import csv
 from importlib import resources
 
 import pytest
+
 from segment_run import run_segment
 from simulforge.transforms.monotonicity import chunked_crossings, crossings
 from simulforge.transforms.records import AudioRef, Utterance

@@ -5,8 +5,10 @@ import socket
 import time
 
 import pytest
+
 from fake_openai import FakeOpenAI, Reply, answer_with, completion, error
 from segment_run import run_segment
+from simulforge import segment_batch
 from simulforge.transforms import segment_llm
 from simulforge.transforms.records import AudioRef, Utterance
 from simulforge.transforms.segment import Segment, card_section, load_settings, summarize
@@ -23,8 +25,6 @@ from simulforge.transforms.segment_llm import (
     parse_answer,
 )
 from simulforge.transforms.settings import ConfigError
-
-from simulforge import segment_batch
 
 KEY = "sk-test-DO-NOT-LEAK-4242"
 LEVELS = ["low", "medium", "high"]

@@ -18,6 +18,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pyannote.core import Annotation, Segment, Timeline
 from pyannote.database.util import load_rttm
 from pyannote.metrics.diarization import DiarizationErrorRate
+
 from simulforge.transforms import conversations_rows, rooms, simulate, sot
 from simulforge.transforms.records import AudioRef, Conversation, Reject, Stat, Utterance
 from simulforge.transforms.settings import ConfigError

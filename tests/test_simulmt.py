@@ -1,4 +1,5 @@
 from datasets import Dataset
+
 from simulforge.transforms.records import AudioRef, Segmentation, Utterance
 from simulforge.transforms.simulmt import interleave, offline_text, simulmt_features, simulmt_rows
 

@@ -5,6 +5,7 @@ import pytest
 from pyannote.core import Annotation, Segment, Timeline
 from pyannote.database.util import load_rttm
 from pyannote.metrics.diarization import DiarizationErrorRate
+
 from simulforge.transforms import simulate, sot
 from simulforge.transforms.records import AudioRef, Utterance
 from simulforge.transforms.settings import ConfigError

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import resample_poly
 
-from simulforge.demo.espeak import SAMPLE_RATE, synthesize, text_words
+from simulforge.demo.espeak import SAMPLE_RATE, EspeakError, synthesize, text_words
 
 __all__ = ["Sentence", "Speaker", "SPEAKERS", "build_demo_corpora", "load_sentences"]
 
@@ -355,7 +355,16 @@ def _synth(sentence: Sentence, speaker: Speaker, cache: dict) -> _Clip:
     key = (sentence.en, speaker.voice, speaker.rate, speaker.pitch, speaker.pitch_range)
     clip = cache.get(key)
     if clip is None:
-        syn = synthesize(sentence.en, speaker.voice, speaker.rate, speaker.pitch, speaker.pitch_range)
+        # Some voice variants swallow a short word whole in some sentences (en-us-nyc+steph does
+        # "huge" in one); that clip falls back to the base voice, then to en-us.
+        voices = [speaker.voice, speaker.voice.split("+")[0], "en-us"]
+        for k, voice in enumerate(voices):
+            try:
+                syn = synthesize(sentence.en, voice, speaker.rate, speaker.pitch, speaker.pitch_range)
+                break
+            except EspeakError:
+                if k == len(voices) - 1:
+                    raise
         pcm = _to_pcm(syn.samples)
         pad = (-len(pcm)) % _MS
         clip = cache[key] = _Clip(np.concatenate([pcm, np.zeros(pad, "<i2")]), syn.words)
