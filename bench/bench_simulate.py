@@ -56,7 +56,8 @@ def utterances(count: int, speakers: int, fs: int) -> list[Utterance]:
             source_lang="en",
             source_text=f"utterance {i}",
             translations={"de": f"Äußerung {i}"},
-            flac=speech_like_flac(rng.uniform(2.0, 10.0), i, fs),
+            flac=(flac := speech_like_flac(rng.uniform(2.0, 10.0), i, fs)),
+            duration_s=sf.info(io.BytesIO(flac)).duration,  # as the audio stage sets it
         )
         for i in range(count)
     ]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -33,17 +32,14 @@ OFFLINE = ["--set", "configs=[offline]", "--set", "embed.enabled=false"]
 
 
 def child(args: list[str]) -> dict:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Run `args` under bench.peak, which reports the run's own CPU time and peak RSS."""
     start = time.perf_counter()
-    done = subprocess.run(args, env=ENV, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "bench.peak", *args], env=ENV, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    # ru_maxrss of children: the largest single descendant so far, KiB on Linux. Runs go
-    # smallest first, so each figure is that run's own peak unless an earlier one was larger.
-    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": after.ru_maxrss / 1024, "stdout": done.stdout}
+    usage = json.loads(done.stderr.strip().splitlines()[-1])
+    return {"wall_s": wall, **usage, "stdout": done.stdout}
 
 
 def demo(scale: float) -> Path:
