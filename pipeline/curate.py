@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -27,6 +29,7 @@ from .config import CurateSettings
 
 log = logging.getLogger("simulforge.curate")
 INCOMING = ".incoming"
+SHARD = re.compile(r"(?P<split>\w+)-\d{5}-of-(?P<count>\d{5})\.parquet")
 PUBLISHED = ["data", "README.md", "stats.json", graph.REJECTS_FILE, plots.PLOTS_DIR]
 
 
@@ -116,7 +119,7 @@ def _complete_shards(staging: str, schemas: dict) -> None:
     for config, schema in schemas.items():
         folder = files.join(staging, "data", config)
         present = set(os.listdir(folder)) if files.is_local(folder) and os.path.isdir(folder) else set()
-        counts = {name.split("-of-")[0].split("-")[0]: int(name.split("-of-")[1].split(".")[0]) for name in present}
+        counts = {m["split"]: int(m["count"]) for m in map(SHARD.fullmatch, present) if m}
         for split, count in counts.items():
             for i in range(count):
                 name = shard_name(config, split, i, count)
@@ -127,7 +130,7 @@ def _complete_shards(staging: str, schemas: dict) -> None:
 def _sort_rejects(path: str) -> None:
     if files.is_local(path) and os.path.exists(path):
         with open(path, encoding="utf-8") as f:
-            lines = sorted(f, key=lambda s: (json.loads(s)["stage"], json.loads(s)["id"]))
+            lines = sorted(f, key=lambda line: operator.itemgetter("stage", "id")(json.loads(line)))
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(lines)
 
