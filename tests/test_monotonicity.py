@@ -7,6 +7,7 @@ from simulforge.transforms.monotonicity import (
     crossing_stats,
     crossings,
     measurement_pairs,
+    view_crossings,
 )
 from simulforge.transforms.records import AudioRef, Segmentation, Utterance
 
@@ -88,10 +89,27 @@ def test_a_rewritten_translation_is_aligned_on_its_own():
     assert targets == ["ich habe es gesehen", "ich habe gesehen es"]
 
 
+def test_view_crossings_count_each_view_as_crossings_does():
+    rng = random.Random(11)
+    for _ in range(200):
+        n = rng.randint(1, 9)
+        links = {(rng.randrange(n), rng.randrange(n)) for _ in range(n)}
+        views = [(OFFLINE, None)]
+        for level in ("low", "high"):
+            sizes, left = [], n
+            while left:
+                sizes.append(rng.randint(1, left))
+                left -= sizes[-1]
+            views.append((level, sizes))
+        expected = [
+            (name, crossings(links, None if sizes is None else chunk_of_word(sizes))) for name, sizes in views
+        ]
+        assert view_crossings(links, views) == expected
+
+
 def test_crossing_stats_names():
-    stats = list(
-        crossing_stats("segment", "de", [(0, 0), (1, 1), (2, 3), (3, 2)], [(OFFLINE, None), ("low", [2, 2])])
-    )
+    links = [(0, 0), (1, 1), (2, 3), (3, 2)]
+    stats = list(crossing_stats("segment", "de", view_crossings(links, [(OFFLINE, None), ("low", [2, 2])])))
     assert {(s.name, s.value) for s in stats} == {
         ("crossing/offline/de/discordant", 1),
         ("crossing/offline/de/pairs", 6),

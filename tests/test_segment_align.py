@@ -1,14 +1,17 @@
 import collections
 import csv
+import dataclasses
 from importlib import resources
 
 import pytest
 
 from segment_run import run_segment
+from simulforge.transforms import segment_align
 from simulforge.transforms.monotonicity import chunked_crossings, crossings
 from simulforge.transforms.records import AudioRef, Utterance
 from simulforge.transforms.segment import Segment, card_section, load_settings, summarize
 from simulforge.transforms.segment_align import (
+    EflomalSettings,
     LevelRule,
     NoMonotoneSplit,
     align_corpus,
@@ -188,6 +191,33 @@ def test_read_parallel(tmp_path):
 # -- eflomal on a small corpus -----------------------------------------------------------------
 
 
+def test_iterations_are_eflomals_but_capped_for_small_corpora():
+    s = EflomalSettings(model=3, n_samplers=3, rel_iterations=1.0, max_iterations=100, null_prior=0.2)
+    assert s.iterations(10_000) == (12, 12, 50)  # eflomal's own: 5000 / sqrt(10000)
+    assert s.iterations(200) == (25, 25, 100)  # 354 capped
+    assert dataclasses.replace(s, max_iterations=None).iterations(200) == (88, 88, 354)
+    assert dataclasses.replace(s, model=2).iterations(200) == (25, 100, 0)
+    assert dataclasses.replace(s, rel_iterations=0.1).iterations(10_000) == (2, 1, 5)
+
+
+def test_repeated_pairs_are_aligned_once_and_a_rerun_reads_the_cache(tmp_path, monkeypatch):
+    aligned = []
+    real = segment_align._align_corpus
+
+    def recording(pairs, settings, extra):
+        aligned.append(list(pairs))
+        return real(pairs, settings, extra)
+
+    monkeypatch.setattr(segment_align, "_align_corpus", recording)
+    pairs = corpus()
+    repeated = pairs + pairs[:10]
+    links = align_corpus(repeated, SETTINGS.align.eflomal, cache_dir=str(tmp_path))
+    assert aligned == [pairs]
+    assert links[len(pairs) :] == links[:10]
+    assert align_corpus(repeated, SETTINGS.align.eflomal, cache_dir=str(tmp_path)) == links
+    assert len(aligned) == 1  # the second run read the links eflomal gave the first
+
+
 def test_eflomal_chunks_keep_every_invariant():
     pairs = corpus()
     links = align_corpus(pairs, SETTINGS.align.eflomal, extra=pairs[:5])
@@ -241,6 +271,10 @@ def test_segment_stage_publishes_every_level_or_rejects_with_a_reason(tmp_path):
 def test_stage_configuration_errors_come_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="unknown key"):
         load_settings({"align": {"levelz": {}}})
+    with pytest.raises(ConfigError, match="max_iterations: must be at least 2"):
+        load_settings({"align": {"eflomal": {"max_iterations": 1}}})
+    with pytest.raises(ConfigError, match="eflomal.model: must be 1, 2 or 3"):
+        load_settings({"align": {"eflomal": {"model": 4}}})
     with pytest.raises(ConfigError, match="no merge rule for level"):
         load_settings({"levels": ["low", "instant"]})
     with pytest.raises(ConfigError, match="extra_parallel.de: no file"):
@@ -256,8 +290,7 @@ def test_demo_corpus_low_latency_crosses_far_less_than_offline(tmp_path):
         )
     )
     utts = [_utt(r["id"], r["en"], {"de": r["de"], "es": r["es"]}) for r in rows]
-    fast = load_settings({"align": {"eflomal": {"rel_iterations": 0.2}}})  # small corpora need few iterations
-    out, rejects, stats = run_segment(fast, utts, tmp_path)
+    out, rejects, stats = run_segment(SETTINGS, utts, tmp_path)
     summary = summarize(stats)
     assert summary["utterances"]["in"] == len(rows) >= 180
     assert len(out) + len(rejects) == len(rows) and len(out) >= 0.95 * len(rows)

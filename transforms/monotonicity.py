@@ -89,12 +89,36 @@ def measurement_pairs(
             yield lang, (utt.id, utt.source_text, target, named)
 
 
-def crossing_stats(
-    stage: str, lang: str, links: Iterable[Link], views: list[tuple[str, list[int] | None]]
-) -> Iterator[Stat]:
-    """Summable crossing counts of one aligned pair under each of its views."""
-    links = set(links)
+def view_crossings(
+    links: Iterable[Link], views: list[tuple[str, list[int] | None]]
+) -> list[tuple[str, Crossings]]:
+    """`crossings` of one aligned pair under each of its views, from one pass over its link pairs.
+
+    The views share the comparable pairs, and as chunks keep the source order, a chunked view's
+    discordant pairs are the offline ones whose source words lie in different chunks.
+    """
+    links = sorted(set(links))
+    pairs = 0
+    discordant = []  # source words (i1 < i2) of each pair translated in the opposite order
+    for a, (i1, j1) in enumerate(links):
+        for i2, j2 in links[a + 1 :]:
+            if i1 != i2 and j1 != j2:
+                pairs += 1
+                if j1 > j2:
+                    discordant.append((i1, i2))
+    measured = []
     for name, chunk_words in views:
-        c = crossings(links) if chunk_words is None else crossings(links, chunk_of_word(chunk_words))
+        if chunk_words is None:
+            n = len(discordant)
+        else:
+            chunk = chunk_of_word(chunk_words)
+            n = sum(chunk[i1] != chunk[i2] for i1, i2 in discordant)
+        measured.append((name, Crossings(n, pairs)))
+    return measured
+
+
+def crossing_stats(stage: str, lang: str, measured: Iterable[tuple[str, Crossings]]) -> Iterator[Stat]:
+    """Summable crossing counts of one aligned pair, from its `view_crossings`."""
+    for name, c in measured:
         yield Stat(stage, f"crossing/{name}/{lang}/discordant", c.discordant)
         yield Stat(stage, f"crossing/{name}/{lang}/pairs", c.pairs)

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import apache_beam as beam
 
 from . import segment_llm
-from .monotonicity import OFFLINE, chunk_of_word, crossing_stats, crossings, measurement_pairs
+from .monotonicity import OFFLINE, crossing_stats, measurement_pairs, view_crossings
 from .records import Reject, Stat, Utterance
 from .segment_align import AlignSettings, NoMonotoneSplit, align_corpus, read_parallel, segment_pair
 from .segment_llm import LlmSegmenter, LlmSettings, Outcome
@@ -187,10 +187,11 @@ def measure_language(group: tuple[str, Any], settings: AlignSettings) -> Iterato
     cache = settings.cache_dir and f"{settings.cache_dir}/measure"  # a second, independent alignment
     links = align_corpus([(s, t) for _, s, t, _ in entries], settings.eflomal, cache_dir=cache)
     for (uid, _, _, views), found in zip(entries, links, strict=True):
-        yield from crossing_stats(STAGE, lang, found, views)
-        for name, chunk_words in views:
-            if chunk_words is not None:
-                yield uid, (lang, name, crossings(found, chunk_of_word(chunk_words)).rate)
+        measured = view_crossings(found, views)
+        yield from crossing_stats(STAGE, lang, measured)
+        for name, c in measured:
+            if name != OFFLINE:
+                yield uid, (lang, name, c.rate)
 
 
 def attach_crossing(joined: tuple[str, dict[str, list]]) -> Iterator[Utterance]:
@@ -240,7 +241,7 @@ class _SimalignCrossings(beam.DoFn):
     def process(self, entry):
         lang, (_, source, target, views) = entry
         links = self.aligner.get_word_aligns(source.split(), target.split())["mwmf"]
-        yield from crossing_stats(STAGE, lang, links, views)
+        yield from crossing_stats(STAGE, lang, view_crossings(links, views))
 
 
 class Segment(beam.PTransform):
