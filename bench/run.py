@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -50,9 +51,10 @@ def demo(scale: float) -> Path:
 
 
 def curate(root: Path, name: str, *flags: str) -> dict:
-    out = OUT / name
+    out, work = OUT / name, OUT / "work" / name
+    shutil.rmtree(work, ignore_errors=True)  # a first run: no clips, eflomal or LLM cache from an earlier bench
     f = child([sys.executable, "-m", "simulforge.cli", "curate", "--input", str(root), "--output", str(out),
-               "--work-dir", str(OUT / "work" / name), *flags])
+               "--work-dir", str(work), *flags])
     f.pop("stdout")
     stats = json.loads((out / "stats.json").read_text())
     f["audio_s"] = sum(stats["published"]["offline"]["audio_hours"].values()) * 3600
@@ -62,6 +64,7 @@ def curate(root: Path, name: str, *flags: str) -> dict:
 
 def stage_loop(root: Path) -> dict:
     """Per-stage CPU seconds of the stage functions in a plain loop (bench/stage_loop.py)."""
+    shutil.rmtree(OUT / "work" / "loop", ignore_errors=True)
     f = child([sys.executable, "-m", "bench.stage_loop", str(root), str(OUT / "work" / "loop")])
     return {**json.loads(f.pop("stdout")), **f}
 

@@ -21,9 +21,9 @@ SPLITS = ["train", "validation", "test"]
 
 
 def load_sums(path: str) -> dict[str, dict[str, float]]:
+    """stage -> stat -> sum; sorted, so stats.json and the card do not follow the runner's output order."""
     sums: dict[str, dict[str, float]] = defaultdict(dict)
-    for line in files.read_bytes(path).decode().splitlines():
-        stage, name, value = json.loads(line)
+    for stage, name, value in sorted(json.loads(line) for line in files.read_bytes(path).decode().splitlines()):
         sums[stage][name] = value
     return dict(sums)
 
