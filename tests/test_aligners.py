@@ -14,10 +14,10 @@ import pytest
 from simulforge.transforms.align import load_settings
 from simulforge.transforms.aligners import Aligned, AlignFailure, Clip, make_backend
 from simulforge.transforms.aligners.features import FeatureSettings, frame_levels_db, mfcc
-from simulforge.transforms.aligners.gmm import _word_pdfs
+from simulforge.transforms.aligners.gmm import _top, _word_pdfs
 from simulforge.transforms.aligners.mfa import MfaBackend, match_words, missing_reason
 from simulforge.transforms.aligners.pronounce import Phonemizer, PronounceError, phone_names
-from simulforge.transforms.aligners.viterbi import build_graph, viterbi
+from simulforge.transforms.aligners.viterbi import augment, build_graph, gaussian_weights, viterbi
 from simulforge.transforms.timing import spoken_words
 
 RATE = 16000
@@ -60,19 +60,81 @@ def test_frames_stand_for_their_own_stretch_of_audio():
     assert level[49] < -90 < -20 < level[50]
 
 
+def test_augmented_frames_times_gaussian_weights_are_log_densities():
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 3))
+    means, variances, log_w = rng.normal(size=(2, 3)), rng.uniform(0.5, 2, (2, 3)), np.log([0.3, 0.7])
+    got = augment(x) @ gaussian_weights(means, variances, log_w).T
+    want = log_w + norm.logpdf(x[:, None, :], means, np.sqrt(variances)).sum(axis=2)
+    assert np.allclose(got, want, atol=1e-4)
+
+
+def _one_gaussian_per_pdf(pdfs: int, log_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """pdf j: a 1-D Gaussian at j, narrow enough that a frame one away scores 10 lower."""
+    means = np.arange(float(pdfs))[:, None, None]
+    return gaussian_weights(means, np.full_like(means, 0.05), log_w[:, None]), np.ones(pdfs, np.int64)
+
+
 def test_viterbi_finds_the_path_and_the_beam_can_lose_it():
     sil, w0, w1 = [0], [1, 2], [3, 4]
     graph = build_graph([w0, w1], sil, between_words=True)
     # states: sil w0 w0 sil w1 w1 sil; the audio: 2 frames silence, w0 3+2, w1 2+3, silence 1
     truth = [0, 0, 1, 1, 1, 2, 2, 4, 4, 5, 5, 5, 6]
-    scores = np.full((len(truth), graph.size), -10.0)
-    scores[np.arange(len(truth)), truth] = 0.0
+    frames = augment(graph.pdf[truth][:, None].astype(np.float32))  # each frame on its pdf's mean
     loop = np.log(np.full((graph.size, 2), 0.5))
-    assert viterbi(scores, graph, loop, beam=100).tolist() == truth
-    # A state every path must pass scores so badly that the beam prunes whatever enters it.
-    scores[:, 2] = -30.0
-    assert viterbi(scores, graph, loop, beam=5) is None
-    assert viterbi(scores, graph, loop, beam=50) is not None
+    log_w = np.zeros(5)
+    assert viterbi(frames, graph, *_one_gaussian_per_pdf(5, log_w), loop, 1.0, beam=100).tolist() == truth
+    # A pdf every path must pass scores so badly that the beam prunes whatever enters it.
+    log_w[2] = -100.0
+    assert viterbi(frames, graph, *_one_gaussian_per_pdf(5, log_w), loop, 1.0, beam=5) is None
+    assert viterbi(frames, graph, *_one_gaussian_per_pdf(5, log_w), loop, 1.0, beam=200) is not None
+
+
+def _exhaustive_viterbi(scores: np.ndarray, graph, loop: np.ndarray) -> np.ndarray:
+    """The best path by plain dynamic programming over every state: no beam, no laziness."""
+    frames, states = scores.shape
+    source = {int(t): int(f) for t, f in zip(graph.skip_to, graph.skip_from, strict=True)}
+    best = np.full(states, -np.inf)
+    best[graph.starts] = scores[0, graph.starts]
+    back = np.zeros((frames, states), np.int64)
+    for t in range(1, frames):
+        new = np.full(states, -np.inf)
+        for s in range(states):
+            for prev in {s, s - 1, source.get(s, -1)} - {-1}:  # stay, advance, jump a silence
+                lp = loop[s, 0] if prev == s else loop[prev, 1]
+                if best[prev] + lp > new[s]:
+                    new[s], back[t, s] = best[prev] + lp, prev
+        best = new + scores[t]
+    path = [graph.finals[np.argmax(best[graph.finals])]]
+    for t in range(frames - 1, 0, -1):
+        path.append(back[t, path[-1]])
+    return np.array(path[::-1])
+
+
+def test_viterbi_with_a_wide_beam_finds_the_exhaustive_search_s_path():
+    rng = np.random.default_rng(1)
+    graph = build_graph([[1, 2, 3], [4, 5], [6, 7, 8]], [0], between_words=True)
+    gaussians = gaussian_weights(rng.normal(size=(9, 3, 4)), rng.uniform(0.5, 2, (9, 3, 4)),
+                                 np.log(np.full((9, 3), 1 / 3)))
+    sizes = rng.integers(1, 4, 9)
+    feats = rng.normal(size=(40, 4))
+    loop = np.log(rng.dirichlet([4, 1], graph.size))
+    frames = augment(feats)
+    scores = np.stack([[max(frames[t] @ gaussians[p, m] for m in range(sizes[p])) for p in graph.pdf]
+                       for t in range(len(frames))])
+    expected = _exhaustive_viterbi(0.5 * scores, graph, loop)
+    assert viterbi(frames, graph, gaussians, sizes, loop, 0.5, beam=1e9).tolist() == expected.tolist()
+
+
+def test_top_keeps_the_largest_values_as_they_change():
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(50, 30)).astype(np.float32)
+    top = np.arange(4)
+    for t in range(len(values)):
+        _top(values, t, top)
+        assert set(top.tolist()) == set(np.argsort(values[t])[-4:].tolist())
 
 
 # -- the GMM-HMM backend -----------------------------------------------------------------------
@@ -121,16 +183,33 @@ def test_gmm_rejects_what_it_cannot_align(trained, espeak_clips):
         "swapped": Clip("swapped", speech.samples, RATE, clips[5].words),
         "one_word_wrong": Clip("wrong", speech.samples, RATE, [*speech.words[:-1], "elephants"]),
         "unpronounceable": Clip("sym", speech.samples, RATE, [*speech.words, "♪"]),
+        "no_words": Clip("none", speech.samples, RATE, []),
         "too_short": Clip("short", speech.samples[: RATE // 4], RATE, speech.words * 3),
     }
     got = dict(zip(bad, backend.align(model, list(bad.values())), strict=True))
     assert {k: r.reason for k, r in got.items()} == {
         "silence": "no_speech", "noise": "no_speech", "swapped": "transcript_mismatch",
-        "one_word_wrong": "transcript_mismatch", "unpronounceable": "no_pronunciation", "too_short": "audio_too_short",
+        "one_word_wrong": "transcript_mismatch", "unpronounceable": "no_pronunciation", "no_words": "no_pronunciation",
+        "too_short": "audio_too_short",
     }
     assert "'♪'" in got["unpronounceable"].detail
     with pytest.raises(AlignFailure, match="never occurred"):
         _word_pdfs(model, [("h", "@", "not-a-phone")])
+
+
+def test_gmm_retries_a_lost_path_with_the_wider_beam(trained, espeak_clips):
+    _, model, _ = trained
+    clips, _ = espeak_clips
+    outcomes = {}
+    for beam, retry_beam in ((0.5, 300.0), (0.01, 0.01)):
+        backend = make_backend(load_settings({"gmm": {"beam": beam, "retry_beam": retry_beam}}))
+        try:
+            results = backend.align(model, clips)
+        finally:
+            backend.close()
+        outcomes[beam] = {r.reason if isinstance(r, AlignFailure) else "retried" if r.retried else "first try"
+                          for r in results}
+    assert "retried" in outcomes[0.5] and "alignment_failed" in outcomes[0.01]
 
 
 def test_gmm_with_no_usable_training_clip_says_why():

@@ -61,8 +61,9 @@ class Phonemizer:
 
     def _ask(self, sentences: list[list[str]]) -> list[list[str]]:
         if self._proc is None or self._proc.poll() is not None:
+            # -S: the helper needs the standard library only, so it skips site-packages' start-up.
             self._proc = subprocess.Popen(
-                [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                [sys.executable, "-S", __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL, text=True, encoding="utf-8",
             )
         self._proc.stdin.write(json.dumps({"voice": self.voice, "sentences": sentences}) + "\n")
