@@ -2,10 +2,12 @@
 
 - Per stage: audio seconds per CPU second, measured by calling the stage functions in a plain
   loop (no Beam) on the demo corpora scaled up (`--scale`), one process, one thread.
-- End to end: `curate` through Beam (in-process runner) without LLM and simulation.
+- End to end: `curate` through Beam (in-process runner) without LLM and simulation, as a
+  fresh process (imports and start-up counted), and in a warm process beside the plain loop.
 - Scaling: the multi-process runner with 2 workers against 1 (wall time).
-- Beam overhead: CPU of the offline graph through Beam's in-process runner against the same
-  functions in a plain loop, both in one warm process (startup and imports are not counted).
+- Beam overhead: CPU through Beam's in-process runner against the same functions in a plain
+  loop, both in one warm process (startup and imports are not counted), for the offline path
+  alone and for offline + simulst + simulmt (bench/stage_loop.py).
 - Memory: peak RSS of the offline graph at ×1 and ×4 corpus size.
 - LLM: requests and tokens per utterance against the local OpenAI-compatible test server,
   and the calls a re-run makes (the cache must answer all).
@@ -101,6 +103,8 @@ def main(argv=None) -> int:
     summary = {
         "audio_s_per_cpu_s_by_stage": loop["audio_s_per_cpu_s"],
         "end_to_end_audio_s_per_cpu_s": round(r["end_to_end"]["audio_s_per_cpu_s"], 1),
+        "end_to_end_warm_beam_audio_s_per_cpu_s": round(loop["audio_s"] / loop["beam_cpu_s"]["full"], 1),
+        "end_to_end_plain_loop_audio_s_per_cpu_s": round(loop["audio_s"] / loop["loop_cpu_s"]["full"], 1),
         "speedup_2_workers_over_1": round(r["workers_1"]["wall_s"] / r["workers_2"]["wall_s"], 2),
         "beam_overhead_vs_plain_loop": loop["beam_overhead"],
         "peak_rss_mib_x1": round(r["offline_beam"]["peak_rss_mib"], 1),

@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
-
-from pyannote.core import Annotation, Segment
+from typing import TYPE_CHECKING, Any
 
 from .records import Utterance
 from .settings import ConfigError
+
+if TYPE_CHECKING:
+    from pyannote.core import Annotation
 
 SELF, OTHER = "SELF", "OTHER"  # speaker roles in segments and RTTM: the wearer and the partner
 
@@ -95,6 +96,8 @@ def split_sot(text: str, tokens: dict[str, str]) -> list[tuple[str, str]]:
 
 def annotation(uri: str, segments: list[dict[str, Any]]) -> Annotation:
     """Who speaks when, as a pyannote Annotation labelled SELF / OTHER."""
+    from pyannote.core import Annotation, Segment  # imports matplotlib: only runs that simulate pay for it
+
     result = Annotation(uri=uri)
     for track, s in enumerate(segments):
         result[Segment(s["start_s"], s["end_s"]), track] = s["speaker"]
