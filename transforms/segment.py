@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,12 +187,15 @@ def measure_language(group: tuple[str, Any], settings: AlignSettings) -> Iterato
     entries = sorted(entries)  # a grouping's order is the runner's: sort so the cache key is stable
     cache = settings.cache_dir and f"{settings.cache_dir}/measure"  # a second, independent alignment
     links = align_corpus([(s, t) for _, s, t, _ in entries], settings.eflomal, cache_dir=cache)
+    totals: dict[str, float] = defaultdict(float)  # the language's sums: a few stats, not several per pair
     for (uid, _, _, views), found in zip(entries, links, strict=True):
         measured = view_crossings(found, views)
-        yield from crossing_stats(STAGE, lang, measured)
+        for stat in crossing_stats(STAGE, lang, measured):
+            totals[stat.name] += stat.value
         for name, c in measured:
             if name != OFFLINE:
                 yield uid, (lang, name, c.rate)
+    yield from (Stat(STAGE, name, value) for name, value in totals.items())
 
 
 def attach_crossing(joined: tuple[str, dict[str, list]]) -> Iterator[Utterance]:
