@@ -195,19 +195,23 @@ def test_simulst_rows_load_with_datasets(run, tmp_path):
 def test_the_training_sample_is_bounded_and_the_same_however_the_input_is_split():
     rng = random.Random(0)
     utt = Utterance("u", "demo", "train", AudioRef("u.flac"), "spk", "en", "text")
-    entries = [SampleEntry(rng.getrandbits(64), rng.uniform(1, 5), 60.0, utt.replace(id=f"u{i}")) for i in range(300)]
+    entries = [SampleEntry(rng.getrandbits(64), rng.uniform(1, 5), 60.0, utt.replace(id=f"u{i}")) for i in range(1000)]
     fn = TrainingSample()
+    longest = 0
 
     def combine(parts):
+        nonlocal longest
         accs = []
         for part in parts:
             acc = fn.create_accumulator()
             for e in part:
                 acc = fn.add_input(acc, e)
+                longest = max(longest, len(acc))
             accs.append(acc)
         return [e.utt.id for e in fn.extract_output(fn.merge_accumulators(accs))]
 
     whole = combine([entries])
+    assert longest <= len(whole) + TrainingSample.TRIM_EVERY  # trimmed along the way, not only at the end
     shuffled = entries[:]
     rng.shuffle(shuffled)
     assert combine([shuffled[i::7] for i in range(7)]) == whole

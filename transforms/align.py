@@ -199,21 +199,25 @@ class TrainingSample(beam.CombineFn):
     """Per language, the lowest-priority entries whose audio fits the budget (at least one).
 
     Dropping only from the high end keeps the result the same however the runner splits and
-    merges the input.
+    merges the input, and whenever the trimming happens: an accumulator is trimmed every
+    TRIM_EVERY additions (sorting on each one cost ~0.1 ms per utterance), so it holds at most
+    the sample plus that many entries.
     """
+
+    TRIM_EVERY = 256
 
     def create_accumulator(self):
         return []
 
     def add_input(self, acc, entry):
         acc.append(entry)
-        return self._trim(acc)
+        return self._trim(acc) if len(acc) % self.TRIM_EVERY == 0 else acc
 
     def merge_accumulators(self, accs):
         return self._trim([e for acc in accs for e in acc])
 
     def extract_output(self, acc):
-        return acc
+        return self._trim(acc)
 
     @staticmethod
     def _trim(entries: list[SampleEntry]) -> list[SampleEntry]:
