@@ -8,7 +8,7 @@ on one core:
 - the word-boundary error (starts and ends) against the synthesizer's true word times.
 CPU time includes the espeak-ng helper process.
 
-    python -m bench.bench_align [--scale 1]
+    python -m bench.bench_align [--scale 1] [--train-minutes 10]
 """
 
 from __future__ import annotations
@@ -57,11 +57,15 @@ def english_clips(root, work_dir) -> list[Utterance]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--scale", type=float, default=1.0, help="demo corpus size")
+    ap.add_argument("--train-minutes", type=float, help="the stage's train_minutes (default: its config's)")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     root = demo(args.scale)
     utts = english_clips(root, OUT / "work" / f"align_x{args.scale:g}")
-    settings = load_settings({"truth": str(root / "truth" / "word_times.jsonl")})
+    overrides = {"truth": str(root / "truth" / "word_times.jsonl")}
+    if args.train_minutes is not None:
+        overrides["train_minutes"] = args.train_minutes
+    settings = load_settings(overrides)
     truth = read_truth(settings.truth)
 
     sample = TrainingSample()

@@ -14,7 +14,14 @@ import pytest
 from simulforge.transforms.align import load_settings
 from simulforge.transforms.aligners import Aligned, AlignFailure, Clip, make_backend
 from simulforge.transforms.aligners.features import FeatureSettings, frame_levels_db, mfcc
-from simulforge.transforms.aligners.gmm import _top, _word_pdfs
+from simulforge.transforms.aligners.gmm import (
+    _align_features,
+    _graph,
+    _mismatch,
+    _top,
+    _word_pdfs,
+    holdout_split,
+)
 from simulforge.transforms.aligners.mfa import MfaBackend, match_words, missing_reason
 from simulforge.transforms.aligners.pronounce import Phonemizer, PronounceError, phone_names
 from simulforge.transforms.aligners.viterbi import augment, build_graph, gaussian_weights, viterbi
@@ -210,6 +217,36 @@ def test_gmm_retries_a_lost_path_with_the_wider_beam(trained, espeak_clips):
         outcomes[beam] = {r.reason if isinstance(r, AlignFailure) else "retried" if r.retried else "first try"
                           for r in results}
     assert "retried" in outcomes[0.5] and "alignment_failed" in outcomes[0.01]
+
+
+def test_the_holdout_is_an_even_slice_or_nothing_when_too_small():
+    assert np.flatnonzero(holdout_split(10, 0.3, 3)).tolist() == [0, 3, 6]
+    assert np.flatnonzero(holdout_split(100, 0.1, 10)).tolist() == list(range(0, 100, 10))
+    assert not holdout_split(99, 0.1, 10).any()  # 9 clips to spare, fewer than 10: none held out
+
+
+def test_gmm_sets_the_mismatch_limit_from_held_out_clips(espeak_clips):
+    clips, _ = espeak_clips
+    settings = load_settings({"gmm": {"holdout": 0.25, "min_holdout": 2}})
+    held = [c for c, h in zip(clips, holdout_split(len(clips), 0.25, 2), strict=True) if h]
+    backend = make_backend(settings)
+    try:
+        model, report = backend.train("en", clips)
+        pronounced = backend.phonemizer(model.voice).phones([c.words for c in held])
+    finally:
+        backend.close()
+    assert report.clips == len(clips) and len(held) == 6
+    gaps = []
+    for clip, phones in zip(held, pronounced, strict=True):
+        frames = augment(mfcc(clip.samples, clip.rate, settings.features))
+        try:  # a phone only held-out clips hold was never trained: those clips are left out
+            found = _align_features(model, frames, _graph(model, phones, settings.gmm), settings.gmm)
+        except AlignFailure:
+            continue
+        gaps.append(_mismatch(model, frames, found.path_pdfs))
+    assert len(gaps) >= 3
+    median = np.median(gaps)
+    assert model.mismatch_limit == pytest.approx(median + settings.gmm.mismatch_mads * np.median(np.abs(gaps - median)))
 
 
 def test_gmm_with_no_usable_training_clip_says_why():

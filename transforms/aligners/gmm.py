@@ -10,8 +10,11 @@ scheduled passes splits the heaviest components, up to `max_gaussians` per state
 Pronunciations are espeak-ng phonemes, so any language espeak-ng speaks can be aligned.
 An aligned clip is also scored: its mean per-frame log-likelihood gap to the best state at
 each frame. A transcript that does not match the audio forces frames onto the wrong phones
-and widens the gap far beyond what training clips show, so clips whose gap exceeds the
-training median by `mismatch_mads` median absolute deviations are rejected. The best state
+and widens the gap far beyond what right transcripts show, so clips whose gap exceeds the
+median by `mismatch_mads` median absolute deviations are rejected. Median and deviation
+come from a `holdout` slice of the training sample that the EM passes never see: clips the
+model trained on fit it better than the rest of a corpus, so their gaps would set the limit
+too low. The best state
 is sought as in Gaussian selection: one moment-matched Gaussian per state picks the few
 states that fit the frame best, and only those are scored in full.
 
@@ -36,8 +39,8 @@ from .viterbi import Graph, augment, best_component, build_graph, gaussian_weigh
 SILENCE = "sil"
 # Pdfs per frame the mismatch check scores in full, besides the path's. On the demo corpus
 # the best of 2 tells wrong transcripts (another clip's, a word replaced or dropped) from
-# right ones at least as well as the best of all pdfs did, at 10 MADs (not 8) rejecting as
-# few right ones, held-out clips included.
+# right ones at least as well as the best of all pdfs did (measured when training clips set
+# the limit, at 10 MADs).
 CANDIDATES = 2
 
 
@@ -58,6 +61,9 @@ class GmmSettings:
     speech_level: float  # flat start: speech is above this fraction of the way from quiet to loud frames
     min_speech_range_db: float  # a clip whose loud and quiet frames differ less holds no speech
     mismatch_mads: float
+    holdout: float  # fraction of the training sample kept out of training to set the mismatch limit
+    min_holdout: int  # fewer held-out clips than this: the limit comes from the training clips...
+    training_mismatch_mads: float  # ...at this many MADs
     batch_size: int  # clips per align call (one espeak round trip each)
 
     def validate(self, where: str) -> None:
@@ -65,6 +71,8 @@ class GmmSettings:
 
         if self.states_per_phone < 1 or self.passes < 1 or self.max_gaussians < 1 or self.em_steps < 1:
             raise ConfigError(f"{where}: states_per_phone, passes, max_gaussians and em_steps must be >= 1")
+        if not 0 <= self.holdout < 1 or self.min_holdout < 1:
+            raise ConfigError(f"{where}: holdout must be in [0, 1) and min_holdout >= 1")
         if not 0 < self.beam <= self.retry_beam:
             raise ConfigError(f"{where}.retry_beam: must be at least beam ({self.beam}), got {self.retry_beam}")
 
@@ -325,8 +333,25 @@ def _rare_phones(items: list[_Item], min_examples: int) -> dict[str, str]:
             if n < min_examples and counts.get(base_phone(p), 0) >= min_examples}
 
 
+def holdout_split(n: int, fraction: float, minimum: int) -> np.ndarray:
+    """Which of n items (in the sample's deterministic order) are held out: int(n * fraction)
+    of them, evenly spread, or none when that is fewer than `minimum`."""
+    held = np.zeros(n, bool)
+    count = int(n * fraction)
+    if count >= minimum:
+        held[np.arange(count) * n // count] = True
+    return held
+
+
 def train_model(lang: str, voice: str, items: list[_Item], s: GmmSettings) -> tuple[GmmModel, int]:
-    """The trained model, and how many items the last pass could not align."""
+    """The trained model, and how many items the last pass could not align.
+
+    The mismatch limit comes from the held-out items' gaps; a sample too small to spare
+    `min_holdout` of them (test corpora) trains on all and takes the training items' gaps
+    instead, at `training_mismatch_mads`: they fit better than clips outside the sample."""
+    held = holdout_split(len(items), s.holdout, s.min_holdout)
+    scored = [item for item, h in zip(items, held, strict=True) if h]
+    items = [item for item, h in zip(items, held, strict=True) if not h]
     shared = _rare_phones(items, s.min_phone_examples)
     items = [replace(item, phones=[tuple(shared.get(p, p) for p in word) for word in item.phones])
              for item in items]
@@ -354,13 +379,23 @@ def train_model(lang: str, voice: str, items: list[_Item], s: GmmSettings) -> tu
         log_w, means, variances = estimator.arrays()
         model = GmmModel(lang, voice, phones, s.states_per_phone, log_w, means, variances,
                          _transitions([lab for _, lab in usable], pdfs), shared)
-    gaps = [_mismatch(model, item.frames, a.path_pdfs) for item, graph in zip(items, graphs, strict=True)
+    # Held-out phones as spelled, as in alignment (_word_pdfs maps those training shared or never saw).
+    pairs = ([(item, g) for item in scored if (g := _try_graph(model, item.phones, s)) is not None]
+             if scored else zip(items, graphs, strict=True))
+    gaps = [_mismatch(model, item.frames, a.path_pdfs) for item, graph in pairs
             if (a := _try_align(model, item.frames, graph, s)) is not None]
     if gaps:
         median = float(np.median(gaps))
         spread = float(np.median(np.abs(np.asarray(gaps) - median))) or 1.0
-        model.mismatch_limit = median + s.mismatch_mads * spread
+        model.mismatch_limit = median + (s.mismatch_mads if scored else s.training_mismatch_mads) * spread
     return model, failed
+
+
+def _try_graph(model: GmmModel, phones: list[tuple[str, ...]], s: GmmSettings) -> Graph | None:
+    try:
+        return _graph(model, phones, s)
+    except AlignFailure:
+        return None
 
 
 def _try_align(model: GmmModel, frames: np.ndarray, graph: Graph, s: GmmSettings) -> _Alignment | None:
