@@ -7,17 +7,16 @@ an unknown key or a wrong type is refused with its dotted name before anything r
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..transforms import settings
 
-class ConfigError(ValueError):
-    """A configuration, dataset or tokenizer that cannot be trained on; raised before training starts."""
+# A configuration, dataset or tokenizer that cannot be trained on; raised before training starts.
+ConfigError = settings.ConfigError
 
 
 @dataclass
@@ -98,54 +97,10 @@ class RunConfig:
 
 
 def build(cls: type, data: Any, where: str) -> Any:
-    """Instantiate dataclass `cls` from plain YAML data, refusing unknown keys and wrong types."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where or 'config'}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}" if where else f.name)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where or 'config'}: missing required key {f.name!r}")
-    return cls(**kwargs)
+    """Instantiate dataclass `cls` from plain YAML data, refusing unknown keys and wrong types.
 
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(arg, value, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {hint}")
-    if dataclasses.is_dataclass(hint):
-        return build(hint, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool):
-        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported type {hint}")
+    Model configs are validated later, once the tokenizer has set their sizes."""
+    return settings.build(cls, data, where, validate=False)
 
 
 def apply_override(data: dict, override: str) -> dict:

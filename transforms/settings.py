@@ -18,30 +18,36 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names the offending key."""
 
 
-def build(cls: type[T], data: Any, where: str) -> T:
-    """Instantiate dataclass `cls` from a mapping, checking unknown, missing and mistyped keys."""
+def build(cls: type[T], data: Any, where: str, validate: bool = True) -> T:
+    """Instantiate dataclass `cls` from a mapping, checking unknown, missing and mistyped keys.
+
+    `where` is the dotted path of `data` ("" at the root). With `validate`, each dataclass's
+    `validate(where)` runs once it is built; training configs validate later instead, once the
+    tokenizer has set their sizes.
+    """
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, f in fields.items():
+        at = f"{where}.{name}" if where else name
         if name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{where}.{name}: missing")
+                raise ConfigError(f"{at}: missing")
             continue
-        values[name] = _coerce(hints[name], data[name], f"{where}.{name}")
+        values[name] = _coerce(hints[name], data[name], at, validate)
     obj = cls(**values)
     check = getattr(obj, "validate", None)
-    if check is not None:
+    if validate and check is not None:
         check(where)
     return obj
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
+def _coerce(hint: Any, value: Any, where: str, validate: bool) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return value
@@ -51,22 +57,23 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(arg, value, where)
+                return _coerce(arg, value, where, validate)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {hint}")
     if dataclasses.is_dataclass(hint):
-        return build(hint, value, where)
+        return build(hint, value, where, validate)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+        return [_coerce(args[0], v, f"{where}[{i}]", validate) for i, v in enumerate(value)] if args else value
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         if not args:
             return value
-        return {_coerce(args[0], k, where): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+        return {_coerce(args[0], k, where, validate): _coerce(args[1], v, f"{where}.{k}", validate)
+                for k, v in value.items()}
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
