@@ -8,6 +8,7 @@
 - Beam overhead: CPU through Beam's in-process runner against the same functions in a plain
   loop, both in one warm process (startup and imports are not counted), for the offline path
   alone and for offline + simulst + simulmt (bench/stage_loop.py).
+  Scaling and overhead are measured at ×1 and again at ×4, where fixed costs weigh less.
 - Memory: peak RSS of the offline graph at ×1 and ×4 corpus size.
 - LLM: requests and tokens per utterance against the local OpenAI-compatible test server,
   and the calls a re-run makes (the cache must answer all).
@@ -66,8 +67,9 @@ def curate(root: Path, name: str, *flags: str) -> dict:
 
 def stage_loop(root: Path) -> dict:
     """Per-stage CPU seconds of the stage functions in a plain loop (bench/stage_loop.py)."""
-    shutil.rmtree(OUT / "work" / "loop", ignore_errors=True)
-    f = child([sys.executable, "-m", "bench.stage_loop", str(root), str(OUT / "work" / "loop")])
+    work = OUT / "work" / f"loop_{root.name}"
+    shutil.rmtree(work, ignore_errors=True)
+    f = child([sys.executable, "-m", "bench.stage_loop", str(root), str(work)])
     return {**json.loads(f.pop("stdout")), **f}
 
 
@@ -81,7 +83,7 @@ def stage_bench(module: str, *args: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=float, default=2.0, help="corpus size, × the demo set")
-    ap.add_argument("--quick", action="store_true", help="skip the ×4 memory run and the stage benchmarks")
+    ap.add_argument("--quick", action="store_true", help="skip the ×4 runs (memory, scaling, overhead) and the stage benchmarks")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     base = demo(args.scale)
@@ -95,7 +97,12 @@ def main(argv=None) -> int:
         "llm": json.loads(child([sys.executable, "-m", "bench.llm", str(base)])["stdout"]),
     }
     if not args.quick:
-        r["offline_beam_x4"] = curate(demo(args.scale * 4), "offline_beam_x4", *OFFLINE)
+        large = demo(args.scale * 4)
+        r["offline_beam_x4"] = curate(large, "offline_beam_x4", *OFFLINE)
+        # Scaling and overhead again where the fixed start-up costs weigh less.
+        r["workers_1_x4"] = curate(large, "workers_1_x4", *NO_SIM, *mp, "--direct_num_workers=1")
+        r["workers_2_x4"] = curate(large, "workers_2_x4", *NO_SIM, *mp, "--direct_num_workers=2")
+        r["stages_plain_loop_x4"] = stage_loop(large)
         r["simulate"] = stage_bench("bench_simulate")
         r["align"] = stage_bench("bench_align")
         r["eval"] = stage_bench("bench_eval")
@@ -115,6 +122,10 @@ def main(argv=None) -> int:
     if "offline_beam_x4" in r:
         summary["peak_rss_mib_x4"] = round(r["offline_beam_x4"]["peak_rss_mib"], 1)
         summary["peak_rss_growth_x4"] = round(summary["peak_rss_mib_x4"] / summary["peak_rss_mib_x1"] - 1, 3)
+        summary["speedup_2_workers_over_1_x4"] = round(r["workers_1_x4"]["wall_s"] / r["workers_2_x4"]["wall_s"], 2)
+        summary["beam_overhead_vs_plain_loop_x4"] = r["stages_plain_loop_x4"]["beam_overhead"]
+        summary["end_to_end_plain_loop_audio_s_per_cpu_s_x4"] = round(
+            r["stages_plain_loop_x4"]["audio_s"] / r["stages_plain_loop_x4"]["loop_cpu_s"]["full"], 1)
     result = {"scale": args.scale, "cpus": os.cpu_count(), "summary": summary, "runs": r}
     (OUT / "bench.json").write_text(json.dumps(result, indent=2))
     print(f"{'run':<16}{'wall s':>9}{'cpu s':>9}{'audio s':>10}{'audio s/cpu s':>15}{'peak MiB':>10}")

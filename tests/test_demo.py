@@ -427,3 +427,23 @@ def test_rounds_use_fresh_ids_and_other_voices():
     settings = [{(s.voice, s.rate, s.pitch) for s in spk} for spk in plan.rounds]
     assert len(settings[0]) >= 6 and not settings[0] & settings[1] and not settings[1] & settings[2]
     assert len({s.name for spk in plan.rounds for s in spk}) == 3 * len(plan.rounds[0])
+
+
+def test_later_rounds_speak_new_texts_of_one_split():
+    from simulforge.demo.corpora import _assign_splits, _plan, _round_sentences, load_sentences
+
+    base = load_sentences()
+    split_of = {s.id: split for s, split in zip(base, _assign_splits(len(base), 0), strict=True)}
+    seen: set[str] = set()
+    for k in range(4):
+        texts, splits = _round_sentences(base, list(split_of.values()), k, seed=0)
+        assert not seen & {t.en for t in texts}, f"round {k} repeats an earlier text"
+        seen |= {t.en for t in texts}
+        for text, split in zip(texts, splits, strict=True):
+            assert {split_of[part] for part in text.id.split("+")} == {split}
+        # About as much speech per round: half as many texts, each of two sentences.
+        words = sum(len(t.en.split()) for t in texts)
+        assert 0.9 < words / sum(len(s.en.split()) for s in base) < 1.1
+    plan = _plan(base[:24], 3, seed=0)
+    per_round = [{c.sentence.en for c in cs} for cs in plan.covost]
+    assert not per_round[1] & per_round[0] and not per_round[2] & (per_round[0] | per_round[1])

@@ -9,7 +9,8 @@ Layout notes a reader depends on:
 
 * Every sentence has one split for all corpora and rounds (70/15/15 by
   sentence, with at least 4 sentences in dev and in test), so the same text
-  never lands in train of one corpus and test of another.
+  never lands in train of one corpus and test of another. Rounds after the
+  first (``scale`` >= 2) speak two-sentence texts joined within one split.
 * MuST-C: one talk = one speaker, 4-8 segments, 0.3-1.5 s of silence before,
   between and after them. Offsets and durations are whole milliseconds (clips
   are padded with silence to a multiple of 16 samples), so ``offset * 16000``
@@ -244,8 +245,39 @@ def _digits(rng: _Rng, n: int) -> str:
     return out[:n]
 
 
-def _plan(sentences: list[Sentence], n_rounds: int, seed: int) -> _Plan:
-    split_of = _assign_splits(len(sentences), seed)
+def _compound(a: Sentence, b: Sentence) -> Sentence:
+    return Sentence(f"{a.id}+{b.id}", a.topic, max(a.reorder, b.reorder),
+                    f"{a.en} {b.en}", f"{a.de} {b.de}", f"{a.es} {b.es}")
+
+
+def _round_sentences(base: list[Sentence], split_of: list[str], k: int, seed: int
+                     ) -> tuple[list[Sentence], list[str]]:
+    """What round ``k`` speaks: the sentences themselves in round 0; later, texts none of the
+    earlier rounds has, so a larger corpus repeats a text no more often than the default one
+    (a teacher cache or a dedupe must not flatter a scaled benchmark).
+
+    Round k ≥ 1 joins sentence pairs of one split, each sentence with the one ``k`` places on
+    in a fixed shuffled order, and keeps every other pair: about as much speech as round 0 in
+    half as many, longer clips (MuST-C segments often hold two sentences).
+    """
+    if k == 0:
+        return base, split_of
+    texts, splits = [], []
+    rng = _Rng(seed, "compounds")
+    for split in SPLITS:
+        order = rng.shuffled([i for i in range(len(base)) if split_of[i] == split])
+        n = len(order)
+        if n < 2:
+            continue
+        step = 1 + (k - 1) % (n - 1)  # never a sentence with itself; distinct for k < n
+        for p in range(0, n, 2):
+            texts.append(_compound(base[order[p]], base[order[(p + step) % n]]))
+            splits.append(split)
+    return texts, splits
+
+
+def _plan(base: list[Sentence], n_rounds: int, seed: int) -> _Plan:
+    base_splits = _assign_splits(len(base), seed)
     rng = _Rng(seed, "plan")
     talk_numbers: set[int] = set()
     clip_numbers: set[int] = set()
@@ -255,6 +287,7 @@ def _plan(sentences: list[Sentence], n_rounds: int, seed: int) -> _Plan:
     for k in range(n_rounds):
         speakers = _round_speakers(k)
         plan.rounds.append(speakers)
+        sentences, split_of = _round_sentences(base, base_splits, k, seed)
         # Membership: each corpus takes a random ~60 % of the sentences.
         member = {c: [] for c in ("mustc", "covost", "fleurs")}
         for i in range(len(sentences)):
@@ -304,7 +337,7 @@ def _plan(sentences: list[Sentence], n_rounds: int, seed: int) -> _Plan:
         several = rng.shuffled(range(len(member["fleurs"])))[: round(0.3 * len(member["fleurs"]))]
         n_recs = {j: (3 if rng.random() < 0.2 else 2) for j in several}
         for j, i in enumerate(member["fleurs"]):
-            sid = rng.unique_ints(1, max(2009, 10 * len(sentences) * n_rounds), 1, fleurs_ids)[0]
+            sid = rng.unique_ints(1, max(2009, 10 * len(base) * n_rounds), 1, fleurs_ids)[0]
             plan.fleurs_ids[sid] = (split_of[i], sentences[i])
             for speaker in rng.shuffled(speakers)[: n_recs.get(j, 1)]:
                 name = _unique_file_name(rng, file_names)
@@ -453,8 +486,9 @@ def build_demo_corpora(root: str | Path, *, scale: float = 1.0, seed: int = 0) -
     """Write MuST-C, CoVoST 2 and FLEURS demo corpora and their word-time truth.
 
     ``scale`` < 1 keeps a prefix of the sentences (at least 12); ``scale`` >= 1
-    repeats all of them ``int(scale)`` times with shifted speaker settings and
-    fresh ids. Same arguments give byte-identical files. Returns a summary
+    adds ``int(scale) - 1`` rounds of new two-sentence texts (see
+    :func:`_round_sentences`) with shifted speaker settings and fresh ids. Same
+    arguments give byte-identical files. Returns a summary
     (clips, audio seconds and speakers per corpus).
     """
     t0 = time.monotonic()
