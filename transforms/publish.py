@@ -22,8 +22,9 @@ from . import files
 from .audio import clip_bytes
 from .records import Stat, Utterance
 
-# Rows per Arrow record batch: audio rows are large, so keep batches (and worker memory) small.
-RECORD_BATCH = 64
+# An Arrow record batch ends at this many rows or this many bytes of audio, whichever comes first:
+# a worker holds one batch of audio (three copies while it is written), and clips vary in length.
+RECORD_BATCH, RECORD_BATCH_BYTES = 64, 2 << 20
 
 
 def offline_features(langs: list[str], sampling_rate: int, embedding_dim: int | None = None) -> datasets.Features:
@@ -74,17 +75,23 @@ def shard_of(record_id: str, count: int) -> int:
     return int.from_bytes(hashlib.blake2b(record_id.encode(), digest_size=8).digest(), "big") % count
 
 
+def _audio_bytes(row: dict) -> int:
+    """Encoded audio in a row: the `bytes` of its Audio columns."""
+    return sum(len(v.get("bytes") or b"") for v in row.values() if isinstance(v, dict))
+
+
 def write_shard(path: str, schema: pa.Schema, rows: Iterable[dict]) -> int:
     """Stream rows into one Parquet file, a record batch at a time; written under a temporary
     name and renamed, so a shard either exists whole or not at all."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    n, batch = 0, []
+    n, batch, size = 0, [], 0
     with files.open_write(tmp) as f, pq.ParquetWriter(f, schema, compression="snappy") as writer:
         for row in rows:
             batch.append(row)
-            if len(batch) == RECORD_BATCH:
+            size += _audio_bytes(row)
+            if len(batch) == RECORD_BATCH or size >= RECORD_BATCH_BYTES:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                n, batch = n + len(batch), []
+                n, batch, size = n + len(batch), [], 0
         if batch:  # an empty shard keeps no row group: `datasets` cannot read a zero-row one
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
             n += len(batch)
