@@ -8,7 +8,7 @@
 - Beam overhead: CPU through Beam's in-process runner against the same functions in a plain
   loop, both in one warm process (startup and imports are not counted), for the offline path
   alone and for offline + simulst + simulmt (bench/stage_loop.py).
-  Scaling and overhead are measured at ×1 and again at ×4, where fixed costs weigh less.
+  End to end, scaling and overhead are measured at ×1 and again at ×4, where fixed costs weigh less.
 - Memory: peak RSS of the offline graph at ×1 and ×4 corpus size.
 - LLM: requests and tokens per utterance against the local OpenAI-compatible test server,
   and the calls a re-run makes (the cache must answer all).
@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     if not args.quick:
         large = demo(args.scale * 4)
         r["offline_beam_x4"] = curate(large, "offline_beam_x4", *OFFLINE)
-        # Scaling and overhead again where the fixed start-up costs weigh less.
+        # End to end, scaling and overhead again, where the fixed start-up costs weigh less.
+        r["end_to_end_x4"] = curate(large, "end_to_end_x4", *NO_SIM)
         r["workers_1_x4"] = curate(large, "workers_1_x4", *NO_SIM, *mp, "--direct_num_workers=1")
         r["workers_2_x4"] = curate(large, "workers_2_x4", *NO_SIM, *mp, "--direct_num_workers=2")
         r["stages_plain_loop_x4"] = stage_loop(large)
@@ -122,6 +123,7 @@ def main(argv=None) -> int:
     if "offline_beam_x4" in r:
         summary["peak_rss_mib_x4"] = round(r["offline_beam_x4"]["peak_rss_mib"], 1)
         summary["peak_rss_growth_x4"] = round(summary["peak_rss_mib_x4"] / summary["peak_rss_mib_x1"] - 1, 3)
+        summary["end_to_end_audio_s_per_cpu_s_x4"] = round(r["end_to_end_x4"]["audio_s_per_cpu_s"], 1)
         summary["speedup_2_workers_over_1_x4"] = round(r["workers_1_x4"]["wall_s"] / r["workers_2_x4"]["wall_s"], 2)
         summary["beam_overhead_vs_plain_loop_x4"] = r["stages_plain_loop_x4"]["beam_overhead"]
         summary["end_to_end_plain_loop_audio_s_per_cpu_s_x4"] = round(
