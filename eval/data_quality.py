@@ -27,7 +27,7 @@ from statistics import fmean, median
 from typing import Any
 
 from simulforge.training.config import ConfigError
-from simulforge.transforms.monotonicity import OFFLINE, Crossings, chunk_of_word, crossings
+from simulforge.transforms.monotonicity import OFFLINE, Crossings, view_crossings
 
 QUALITY_FILE, PLOT_FILE = "quality.json", "data_quality.png"
 CHUNKED = ("simulst", "simulmt")
@@ -124,8 +124,7 @@ def monotonicity(utts: dict[str, Utt]) -> dict[str, Any]:
     for lang, entries in sorted(by_lang.items()):
         links = align_corpus([(s, t) for s, t, _ in entries], settings)
         for (_, _, named), found in zip(entries, links, strict=True):
-            for view, counts in named:
-                c = crossings(found) if counts is None else crossings(found, chunk_of_word(counts))
+            for view, c in view_crossings(found, named):
                 old = totals.setdefault(lang, {}).get(view, Crossings(0, 0))
                 totals[lang][view] = Crossings(old.discordant + c.discordant, old.pairs + c.pairs)
                 if c.pairs:
