@@ -167,7 +167,15 @@ class E5Torch:
 
 
 def _linear(x, w, b):
-    return (x.to(w.dtype) @ w.T).float() + b  # bf16 or fp32 products, summed in fp32 either way
+    """bf16 or fp32 products, summed in fp32 either way, always `_TOKEN_BUDGET` rows at a time: the
+    CPU's matrix kernels (AMX among them) are chosen by shape, so a row's result depends on how many
+    rows share the call unless that number is fixed. Padding the rows makes a vector bit-identical
+    however its texts are batched, for ~25% more work on AMX."""
+    import torch
+
+    n = x.shape[0]
+    rows = torch.nn.functional.pad(x, (0, 0, 0, -n % _TOKEN_BUDGET)).to(w.dtype)
+    return torch.cat([(tile @ w.T).float() for tile in rows.split(_TOKEN_BUDGET)])[:n] + b
 
 
 def _length_groups(ids: list[list[int]], budget: int) -> Iterator[list[int]]:
