@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -11,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from ..transforms import files
 from ..transforms.align import ForcedAlignSettings
 from ..transforms.embed import EmbedSettings
 from ..transforms.readers import CORPORA, CorpusSettings
@@ -79,11 +81,24 @@ class CurateSettings:
         return f"{self.input.rstrip('/')}/{name}"
 
     def fingerprint(self) -> str:
-        """Hash of everything that shapes the output (not where it goes), for the card."""
+        """Hash of everything that shapes the output (not where it goes or is cached), for the card."""
         d = asdict(self)
         for key in ("output", "work_dir", "runner", "beam_args"):
             d.pop(key)
+        d["segment"]["align"].pop("cache_dir")
+        for key in ("cache_path", "batch_dir"):
+            d["segment"]["llm"].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def resolve_paths(self) -> None:
+        """Caches left at null go under `work_dir`, so everything a run writes lands in
+        `work_dir` or `output`, wherever the command is run from."""
+        if files.is_local(self.work_dir):
+            self.work_dir = os.path.abspath(self.work_dir)
+        seg = self.segment
+        seg.align.cache_dir = seg.align.cache_dir or files.join(self.work_dir, "eflomal")
+        seg.llm.cache_path = seg.llm.cache_path or files.join(self.work_dir, "segment_llm.sqlite")
+        seg.llm.batch_dir = seg.llm.batch_dir or files.join(self.work_dir, "segment_batch")
 
 
 def defaults() -> dict[str, Any]:
@@ -112,4 +127,6 @@ def load(user_file: str | None = None, overrides: list[str] | None = None) -> Cu
         data = deep_merge(data, user)
     for item in overrides or []:
         data = deep_merge(data, parse_override(item))
-    return build(CurateSettings, data, "curate")
+    settings = build(CurateSettings, data, "curate")
+    settings.resolve_paths()
+    return settings

@@ -157,9 +157,6 @@ def build_info(settings: CurateSettings, summary: dict[str, Any], teacher: dict 
 
 def run(settings: CurateSettings, extra_beam_args: list[str] | None = None, echo=print) -> dict[str, Any]:
     settings = ensure_input(settings, echo)
-    settings.work_dir = os.path.abspath(settings.work_dir) if files.is_local(settings.work_dir) else settings.work_dir
-    if settings.segment.align.cache_dir is None:
-        settings.segment.align.cache_dir = files.join(settings.work_dir, "eflomal")
     beam_args = runners.beam_args(settings.runner, settings.beam_args, list(extra_beam_args or []))
     options = runners.validate(beam_args, {"input": settings.input, "output": settings.output,
                                            "work_dir": settings.work_dir})

@@ -61,8 +61,8 @@ class LlmSettings:
     backoff_s: float  # first retry delay; doubles each retry, with jitter
     backoff_max_s: float
     timeout_s: float  # per request
-    cache_path: str
-    batch_dir: str  # work folder of the Batch-API mode (requests, state)
+    cache_path: str | None  # null: <work_dir>/segment_llm.sqlite (resolved when the config loads)
+    batch_dir: str | None  # work folder of the Batch-API mode (requests, state); null: <work_dir>/segment_batch
     batch_max_requests: int  # requests per submitted batch file
 
     def validate(self, where: str) -> None:
