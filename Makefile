@@ -27,7 +27,7 @@ CORPORA ?=
 RUNNER ?=
 BEAM_ARGS ?=
 CURATE_FLAGS = $(if $(LANGUAGES),--langs $(LANGUAGES)) $(if $(INPUT),--input $(INPUT)) \
-	--output $(OUTPUT) $(if $(CORPORA),--corpora $(CORPORA)) $(if $(RUNNER),--runner-profile $(RUNNER))
+	--output $(OUTPUT) --overwrite $(if $(CORPORA),--corpora $(CORPORA)) $(if $(RUNNER),--runner-profile $(RUNNER))
 # publish: the hub token comes from HF_TOKEN or `hf auth login`, never from the command line.
 REPO ?=
 REVISION ?=

@@ -26,18 +26,18 @@ from simulforge.pipeline.curate import run  # noqa: E402
 def main(root: str) -> dict:
     os.environ["SIMULFORGE_BENCH_KEY"] = "sk-bench-not-a-secret"
     with FakeOpenAI(estimate_tokens=True) as server, tempfile.TemporaryDirectory() as tmp:
-        def curate():
+        def curate(out):  # a fresh output each time; the answer cache is in work_dir (its default place)
             s = config.load(overrides=[
-                f"input={root}", f"output={tmp}/out", f"work_dir={tmp}/work", "configs=[offline,simulmt]",
+                f"input={root}", f"output={tmp}/{out}", f"work_dir={tmp}/work", "configs=[offline,simulmt]",
                 "embed.enabled=false", "segment.backend=llm", f"segment.llm.base_url={server.base_url}",
-                "segment.llm.api_key_env=SIMULFORGE_BENCH_KEY", f"segment.llm.cache_path={tmp}/llm.sqlite",
+                "segment.llm.api_key_env=SIMULFORGE_BENCH_KEY",
                 "segment.monotonicity.aligner=none", "segment.llm.requests_per_minute=null",
             ])
             return run(s, [], echo=lambda *_: None)["segment"]
 
-        first = curate()
+        first = curate("out")
         calls_first = len(server.chat_requests)
-        curate()
+        curate("rerun")
         calls_rerun = len(server.chat_requests) - calls_first
     return {
         "utterances": first["utterances"]["in"],

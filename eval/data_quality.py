@@ -191,21 +191,34 @@ def _checkpoint(model_dir: str) -> Path:
     return ckpt
 
 
-def kiwi_scores(utts: dict[str, Utt], ckpt: Path) -> dict[str, Any]:
-    """Mean CometKiwi (x100) per language of the offline pairs and of each level's joined chunks."""
-    import torch
-    from comet import load_from_checkpoint
-
-    items: list[tuple[str, str, dict[str, str]]] = []  # (lang, view, {src, mt})
+def kiwi_inputs(utts: dict[str, Utt]) -> list[tuple[str, str, dict[str, str]]]:
+    """What CometKiwi scores, as (lang, view, {src, mt}): the offline pairs and each level's joined chunks."""
+    items = []
     for utt in utts.values():
         for lang, reference in utt.references.items():
             items.append((lang, OFFLINE, {"src": utt.source, "mt": reference}))
             for level, (_, targets) in utt.levels.items():
                 if lang in targets:
                     items.append((lang, level, {"src": utt.source, "mt": " ".join(targets[lang])}))
+    return items
+
+
+def kiwi_scores(utts: dict[str, Utt], ckpt: Path) -> dict[str, Any]:
+    """Mean CometKiwi (x100) per language of the offline pairs and of each level's joined chunks.
+
+    Untested: unbabel-comet (2.2.7) needs transformers<5 and numpy<2, which requirements.lock excludes."""
+    import torch
+    from comet import load_from_checkpoint
+
+    items = kiwi_inputs(utts)
     model = load_from_checkpoint(str(ckpt))
     scores = model.predict([x for _, _, x in items], batch_size=16, gpus=1 if torch.cuda.is_available() else 0,
                            progress_bar=False).scores
+    return kiwi_summary(items, scores)
+
+
+def kiwi_summary(items: list[tuple[str, str, dict[str, str]]], scores: list[float]) -> dict[str, Any]:
+    """Per language and view: the mean score (x100), and every sentence's for the plot."""
     sentences: dict[str, dict[str, list[float]]] = {}
     for (lang, view, _), score in zip(items, scores, strict=True):
         sentences.setdefault(lang, {}).setdefault(view, []).append(100 * score)

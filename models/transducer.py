@@ -61,7 +61,7 @@ class JstarConfig:
     slow: SlowEncoderConfig = field(default_factory=SlowEncoderConfig)
     asr: TransducerHeadConfig = field(default_factory=TransducerHeadConfig)
     st: TransducerHeadConfig = field(default_factory=TransducerHeadConfig)
-    channels: int = 1  # input channels (the conversation's microphones)
+    channels: int | None = None  # input channels (the microphones); None: the trainer reads the data's
     front_end: str = "learned"  # learned: a trained mix of channels; select: one channel
     channel: int = 0  # the channel `select` uses
     asr_weight: float = 0.5  # lam
@@ -72,6 +72,8 @@ class JstarConfig:
     def validate(self) -> None:
         if self.front_end not in FRONT_ENDS:
             raise ValueError(f"model.front_end must be one of {', '.join(FRONT_ENDS)}, got {self.front_end!r}")
+        if not self.channels or self.channels < 1:
+            raise ValueError(f"model.channels must be a positive count, got {self.channels!r}")
         if not 0 <= self.channel < self.channels:
             raise ValueError(f"model.channel {self.channel} is not one of the {self.channels} channels")
         if self.slow.block_len % self.fast.block_len:

@@ -22,9 +22,9 @@ import datasets
 import yaml
 
 from ..transforms import files
+from ..transforms.publish import parse_shard, shard_pattern, untagged
 from . import plots
 
-SHARD = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
 SPLITS = ["train", "validation", "test"]
 BUILD_ID_CHARS = 16
 
@@ -88,15 +88,14 @@ def _split_order(split: str) -> tuple[int, str]:
 
 
 def shards(root: str) -> dict[str, dict[str, list[str]]]:
-    """config -> split -> shard paths (sorted), from `data/<config>/<split>-NNNNN-of-MMMMM.parquet`."""
+    """config -> split -> shard paths (sorted), from `data/<config>/<split>-NNNNN-of-MMMMM[-<build>].parquet`."""
     from apache_beam.io.filesystems import FileSystems
 
     found: dict[str, dict[str, list[str]]] = {}
     for meta in FileSystems.match([files.join(root, "data", "*", "*.parquet")])[0].metadata_list:
-        _, config, name = data_name(meta.path).split("/")
-        m = SHARD.match(name)
+        m = parse_shard(meta.path)
         if m:
-            found.setdefault(config, {}).setdefault(m["split"], []).append(meta.path)
+            found.setdefault(m["config"], {}).setdefault(m["split"], []).append(meta.path)
     return {c: {s: sorted(found[c][s]) for s in sorted(found[c], key=_split_order)} for c in sorted(found)}
 
 
@@ -109,18 +108,13 @@ def _file_sha256(path: str) -> str:
 
 
 def build_id(paths: list[str], config_hash: str) -> str:
-    """The dataset version: a hash of the config hash and of every shard's name and bytes."""
-    named = sorted((data_name(p), p) for p in paths)
+    """The dataset version: a hash of the config hash and of every shard's name (without the build id
+    it is then given) and bytes."""
+    named = sorted((untagged(p), p) for p in paths)
     h = hashlib.sha256(f"config {config_hash}\n".encode())
     for name, path in named:
         h.update(f"{name} {_file_sha256(path)}\n".encode())
     return h.hexdigest()[:BUILD_ID_CHARS]
-
-
-def data_name(path: str) -> str:
-    """`data/<config>/<file>` of a shard path, wherever the folder is."""
-    config, name = path.replace("\\", "/").rsplit("/", 2)[-2:]
-    return f"data/{config}/{name}"
 
 
 def front_matter(text: str) -> dict[str, Any]:
@@ -169,7 +163,7 @@ def header(configs: dict[str, datasets.Features], splits: dict[str, list[str]], 
         "size_categories": [size_category(largest)],
         "configs": [
             {"config_name": name, "data_files": [
-                {"split": split, "path": f"data/{name}/{split}-*"} for split in splits[name]
+                {"split": split, "path": shard_pattern(name, split, build)} for split in splits[name]
             ]}
             for name in configs if splits.get(name)
         ],
@@ -350,17 +344,14 @@ def render(configs: dict[str, datasets.Features], stats: dict[str, Any], *, spli
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)) + "\n"  # sections that are absent leave no gaps
 
 
-def write(root: str, configs: dict[str, datasets.Features], stats: dict[str, Any], *, langs: list[str],
-          corpora: dict[str, str], build_info: dict[str, str], sections: list[str] = ()) -> str:
-    """Hash the shards under `root`, read their figures, save the plots beside the card and write
-    README.md; returns the build id."""
+def write(root: str, configs: dict[str, datasets.Features], stats: dict[str, Any], *, build: str, langs: list[str],
+          corpora: dict[str, str], build_info: dict[str, str], sections: list[str] = ()) -> None:
+    """Read the figures of the shards under `root`, save the plots beside the card and write README.md
+    for build `build`."""
     shard_map = shards(root)
-    build = build_id([p for splits in shard_map.values() for ps in splits.values() for p in ps],
-                     stats["run"]["config_hash"])
     figures = plots.collect(shard_map, langs)
     pictures = plots.draw(figures, stats, root)
     text = render(configs, stats, splits={c: list(s) for c, s in shard_map.items()}, langs=langs, corpora=corpora,
                   build_info=build_info, build=build, figures=figures, pictures=pictures, sections=sections)
     with files.open_write(files.join(root, "README.md")) as f:
         f.write(text.encode())
-    return build

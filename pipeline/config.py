@@ -14,6 +14,7 @@ import yaml
 
 from ..transforms import files
 from ..transforms.align import ForcedAlignSettings
+from ..transforms.audio import AudioSettings
 from ..transforms.embed import EmbedSettings
 from ..transforms.readers import CORPORA, CorpusSettings
 from ..transforms.segment import SegmentSettings
@@ -23,13 +24,14 @@ from ..transforms.simulate import SimulateSettings
 LANG_CODE = re.compile(r"^[a-z]{2,3}$")
 DATASET_CONFIGS = ("offline", "simulst", "simulmt", "conversations")
 # Each stage's defaults live in configs/stages/<name>.yaml and form the `<name>:` section.
-STAGE_SECTIONS = ("segment", "align", "embed", "simulate")
+STAGE_SECTIONS = ("audio", "segment", "align", "embed", "simulate")
 
 
 @dataclass
 class CurateSettings:
     input: str | None
     output: str
+    overwrite: bool  # replace the simulforge build already in `output` (a folder we did not write: never)
     languages: list[str]
     corpora: list[str]
     work_dir: str
@@ -41,6 +43,7 @@ class CurateSettings:
     beam_args: list[str]
     configs: list[str]
     corpus: dict[str, CorpusSettings]
+    audio: AudioSettings
     segment: SegmentSettings
     align: ForcedAlignSettings
     embed: EmbedSettings
@@ -83,7 +86,7 @@ class CurateSettings:
     def fingerprint(self) -> str:
         """Hash of everything that shapes the output (not where it goes or is cached), for the card."""
         d = asdict(self)
-        for key in ("output", "work_dir", "runner", "beam_args"):
+        for key in ("output", "overwrite", "work_dir", "runner", "beam_args"):
             d.pop(key)
         d["segment"]["align"].pop("cache_dir")
         for key in ("cache_path", "batch_dir"):

@@ -1,8 +1,9 @@
 """`simulforge curate`: plan the reads, run the Beam graph, then publish stats, rejects and the card.
 
-The graph writes into `<output>/.incoming/`; only a run that finished and balanced its
-counts is moved into place, so the published folder never mixes two builds or holds a
-partial shard.
+The graph writes into a staging folder of the run's own inside the output (pipeline/output.py
+owns the folder, its lock and the swap). A run is published only when it finished, every
+stage balanced its counts, and no stage failed wholesale; otherwise it raises RunError and
+the previous build stays as it was.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import json
 import logging
 import operator
 import os
-import re
-import shutil
 import subprocess
 import time
 from typing import Any
@@ -20,17 +19,14 @@ from typing import Any
 import apache_beam as beam
 
 from .. import __version__
-from ..transforms import align, files, readers, segment
+from ..transforms import align, embed, files, readers, segment
 from ..transforms.embed import teacher_info
-from ..transforms.publish import shard_name, write_shard
+from ..transforms.publish import parse_shard, shard_name, write_shard
 from ..transforms.settings import ConfigError
-from . import card, graph, plots, report, runners
+from . import card, graph, output, report, runners
 from .config import CurateSettings
 
 log = logging.getLogger("simulforge.curate")
-INCOMING = ".incoming"
-SHARD = re.compile(r"(?P<split>\w+)-\d{5}-of-(?P<count>\d{5})\.parquet")
-PUBLISHED = ["data", "README.md", "stats.json", graph.REJECTS_FILE, plots.PLOTS_DIR]
 
 
 class RunError(RuntimeError):
@@ -81,58 +77,35 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _remove(path: str) -> None:
-    if files.is_local(path):
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-    else:
-        from apache_beam.io.filesystems import FileSystems
-
-        matches = FileSystems.match([path.rstrip("/") + "/**", path])
-        paths = [m.path for r in matches for m in r.metadata_list]
-        if paths:
-            FileSystems.delete(paths)
-
-
-def promote(staging: str, output: str) -> None:
-    """Replace the published files with the new build's."""
-    for name in PUBLISHED:
-        _remove(files.join(output, name))
-    for name in PUBLISHED:
-        src = files.join(staging, name)
-        if files.is_local(src):
-            if os.path.exists(src):
-                os.replace(src, os.path.join(output, name))
-        else:
-            from apache_beam.io.filesystems import FileSystems
-
-            for r in FileSystems.match([src.rstrip("/") + "/**"]):
-                FileSystems.rename([m.path for m in r.metadata_list],
-                                   [m.path.replace(staging, output, 1) for m in r.metadata_list])
-    _remove(staging)
-
-
 def _complete_shards(staging: str, schemas: dict) -> None:
     """A shard that no record hashed into is written empty, so `-NNNNN-of-MMMMM` sets are whole."""
-    for config, schema in schemas.items():
-        folder = files.join(staging, "data", config)
-        present = set(os.listdir(folder)) if files.is_local(folder) and os.path.isdir(folder) else set()
-        counts = {m["split"]: int(m["count"]) for m in map(SHARD.fullmatch, present) if m}
-        for split, count in counts.items():
-            for i in range(count):
-                name = shard_name(config, split, i, count)
-                if name.rsplit("/", 1)[1] not in present:
-                    write_shard(files.join(staging, name), schema.arrow_schema, [])
+    for config, splits in card.shards(staging).items():
+        for split, paths in splits.items():
+            count = int(parse_shard(paths[0])["count"])
+            present = {int(parse_shard(p)["index"]) for p in paths}
+            for i in set(range(count)) - present:
+                write_shard(files.join(staging, shard_name(config, split, i, count)), schemas[config].arrow_schema, [])
+
+
+def _tag_shards(staging: str, build: str) -> list[str]:
+    """Give every shard its build id; returns their new relative paths."""
+    tagged = []
+    for splits in card.shards(staging).values():
+        for paths in splits.values():
+            for path in paths:
+                m = parse_shard(path)
+                name = shard_name(m["config"], m["split"], int(m["index"]), int(m["count"]), build)
+                files.rename(path, files.join(staging, name))
+                tagged.append(name)
+    return tagged
 
 
 def _sort_rejects(path: str) -> None:
-    if files.is_local(path) and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            lines = sorted(f, key=lambda line: operator.itemgetter("stage", "id")(json.loads(line)))
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(lines)
+    if files.exists(path):
+        lines = files.read_bytes(path).decode("utf-8").splitlines(keepends=True)
+        lines.sort(key=lambda line: operator.itemgetter("stage", "id")(json.loads(line)))
+        with files.open_write(path) as f:
+            f.write("".join(lines).encode("utf-8"))
 
 
 def build_info(settings: CurateSettings, summary: dict[str, Any], teacher: dict | None) -> dict[str, str]:
@@ -155,18 +128,58 @@ def build_info(settings: CurateSettings, summary: dict[str, Any], teacher: dict 
     return info
 
 
+def reject_limits(settings: CurateSettings) -> dict[str, tuple[float, frozenset[str]]]:
+    """Per stage: the fraction of its input it may reject because the stage itself failed."""
+    return {"segment": (settings.segment.max_reject_fraction, segment.SYSTEMIC_REASONS),
+            "align": (settings.align.max_reject_fraction, align.SYSTEMIC_REASONS),
+            "embed": (settings.embed.max_reject_fraction, embed.SYSTEMIC_REASONS)}
+
+
 def run(settings: CurateSettings, extra_beam_args: list[str] | None = None, echo=print) -> dict[str, Any]:
-    settings = ensure_input(settings, echo)
+    """Curate into `settings.output`; raises ConfigError (nothing done) or RunError (the previous build
+    is left as it was)."""
     beam_args = runners.beam_args(settings.runner, settings.beam_args, list(extra_beam_args or []))
     options = runners.validate(beam_args, {"input": settings.input, "output": settings.output,
                                            "work_dir": settings.work_dir})
-    tasks, missing = plan(settings, echo)
-    output = settings.output
-    staging = files.join(output, INCOMING)
-    _remove(staging)
+    output.check_writable(settings.work_dir, "work_dir")
+    output.check_writable(settings.output, "output")
+    with output.Lock(settings.output, echo):
+        output.recover(settings.output, echo)
+        output.check_target(settings.output, overwrite=settings.overwrite)
+        settings = ensure_input(settings, echo)
+        tasks, missing = plan(settings, echo)
+        staging = output.new_staging(settings.output)
+        try:
+            stats, build = _build(settings, options, beam_args, tasks, missing, staging, echo)
+        except BaseException:
+            _keep_failed(staging, settings.work_dir, echo)
+            raise
+        # A swap that stops half way (a full disk, a kill) is finished or undone by the next run.
+        output.promote(staging, settings.output, build, echo)
+    for line in report.summary_lines(stats):
+        echo(line)
+    return stats
+
+
+def _keep_failed(staging: str, work_dir: str, echo) -> None:
+    """A failed run's stats and rejects go to the work dir for a look; its staging folder goes."""
+    kept = files.join(work_dir, "failed-runs", staging.rstrip("/").rsplit("/", 1)[-1])
+    for name in ("stats.json", graph.REJECTS_FILE):
+        src = files.join(staging, name)
+        if files.exists(src):
+            with files.open_write(files.join(kept, name)) as f:
+                f.write(files.read_bytes(src))
+    output.discard(staging)
+    if files.exists(kept):
+        echo(f"the failed run's stats.json and rejected.jsonl are in {kept}")
+
+
+def _build(settings: CurateSettings, options, beam_args: list[str], tasks, missing, staging: str,
+           echo) -> tuple[dict[str, Any], output.Build]:
+    """Run the graph into `staging` and finish the build there; returns its stats and the build."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker process
     echo(f"curating {', '.join(settings.corpora)} for English→{', '.join(settings.languages)}: "
-         f"{len(tasks)} files to read, output {output}")
+         f"{len(tasks)} files to read, output {settings.output}")
     started = time.time()
     with beam.Pipeline(options=options) as p:
         parents = graph.build(p, settings, tasks, staging)
@@ -187,22 +200,31 @@ def run(settings: CurateSettings, extra_beam_args: list[str] | None = None, echo
     if teacher:
         sections["embedding_teacher"] = teacher
     stats = report.build_stats(sums, parents, run=summary, missing=missing, sections=sections)
-    if not stats["balanced"]:
-        bad = [s for s, e in stats["stages"].items() if not e["balanced"]]
-        raise RunError(f"counts do not add up in stage(s) {', '.join(bad)}; output left in {staging}: "
-                       + json.dumps({s: stats["stages"][s] for s in bad}))
-    _remove(files.join(staging, graph.SUMS_FILE))
-    _complete_shards(staging, graph.features(settings))
+    output.discard(files.join(staging, graph.SUMS_FILE))
     _sort_rejects(files.join(staging, graph.REJECTS_FILE))
     with files.open_write(files.join(staging, "stats.json")) as f:
         f.write(json.dumps(stats, indent=2, ensure_ascii=False).encode())
+    if not stats["balanced"]:
+        bad = [s for s, e in stats["stages"].items() if not e["balanced"]]
+        raise RunError(f"counts do not add up in stage(s) {', '.join(bad)}: "
+                       + json.dumps({s: stats["stages"][s] for s in bad}))
+    failed = report.failures(stats["stages"], reject_limits(settings))
+    if failed:
+        for line in report.summary_lines(stats):
+            echo(line)
+        raise RunError("the run could not do its job, so the previous build is left as it was:\n"
+                       + "\n".join(f"  {line}" for line in failed))
+
+    schemas = graph.features(settings)
+    _complete_shards(staging, schemas)
+    shards = [p for splits in card.shards(staging).values() for ps in splits.values() for p in ps]
+    build = card.build_id(shards, summary["config_hash"])
+    written = _tag_shards(staging, build)
     card.write(
-        staging, graph.features(settings), stats, langs=settings.languages,
+        staging, schemas, stats, build=build, langs=settings.languages,
         corpora={c: settings.corpus[c].license for c in settings.corpora},
         build_info=build_info(settings, summary, teacher),
         sections=[segment.card_section(sections["segment"])] if "segment" in sections else [],
     )
-    promote(staging, output)
-    for line in report.summary_lines(stats):
-        echo(line)
-    return stats
+    written += [p for p in output.walk(staging) if not p.startswith("data/")]
+    return stats, output.write_marker(staging, build, written)

@@ -76,7 +76,7 @@ def build(p: beam.Pipeline, settings: CurateSettings, tasks: list[ReadTask], sta
     clips_dir = files.join(work_dir, "clips")
 
     def audio(utt):
-        return attach_audio(utt, rate, clips_dir)
+        return attach_audio(utt, rate, clips_dir, settings.audio)
 
     planned = p | "Tasks" >> beam.Create(tasks) | "Spread" >> beam.Reshuffle()
     parts = add(READ, None, run_stage(planned, READ, read))

@@ -32,7 +32,9 @@ from dataclasses import dataclass
 import datasets
 import pyarrow.parquet as pq
 
+from ..transforms.publish import parse_shard, shard_name
 from . import card, plots
+from .output import MARKER
 
 ROOT_FILES = ("README.md", "stats.json", "rejected.jsonl")
 REQUIRED = ("README.md", "stats.json")
@@ -102,9 +104,11 @@ def _read(folder: str) -> tuple[list[str], str, dict, dict]:
     return present, text, head, stats
 
 
-def _check_split(folder: str, shards: list[str], expected) -> tuple[list[str], int]:
-    """Problems with one split's shards (set, readability, schema) and the rows they hold."""
+def _check_split(folder: str, shards: list[str], expected, build: str | None) -> tuple[list[str], int]:
+    """Problems with one split's shards (set, build, readability, schema) and the rows they hold."""
     problems, rows = _complete(shards), 0
+    problems += [f"{p}: named for build {parse_shard(p)['build']}, the card is build {build}"
+                 for p in shards if parse_shard(p) and parse_shard(p)["build"] != build]
     for p in shards:
         try:
             shard = pq.ParquetFile(os.path.join(folder, p))
@@ -149,7 +153,7 @@ def check(folder: str) -> Manifest:
     for name in sorted(set(configs) ^ set(features)):
         problems.append(f"config {name} is in the card's {'configs' if name in configs else 'dataset_info'} only")
 
-    listed = {p for p in present if p in ROOT_FILES}
+    listed = {p for p in present if p in ROOT_FILES or p == MARKER}
     listed |= {p for p in present if p.startswith(plots.PLOTS_DIR + "/") and f"]({p})" in text}
     rows: dict[str, dict[str, int]] = {}
     counts: dict[str, dict[str, int]] = {}
@@ -161,7 +165,7 @@ def check(folder: str) -> Manifest:
             if not shards:
                 problems.append(f"config {config}, split {split}: no shards match {pattern}")
                 continue
-            found, n = _check_split(folder, shards, expected)
+            found, n = _check_split(folder, shards, expected, run.get("build"))
             problems += found
             rows.setdefault(config, {})[split] = n
             counts.setdefault(config, {})[split] = len(shards)
@@ -181,23 +185,23 @@ def check(folder: str) -> Manifest:
     if problems:
         raise PublishError(f"{folder} is not ready to publish:\n" + "\n".join(f"  - {p}" for p in problems))
     return Manifest(folder=folder, build=run["build"], card=head, rows=rows, shards=counts,
-                    files=[(p, os.path.getsize(os.path.join(folder, p))) for p in present])
+                    files=[(p, os.path.getsize(os.path.join(folder, p))) for p in present if p != MARKER])
 
 
 def _complete(paths: list[str]) -> list[str]:
     """Problems with a split's shard set: every index of `-NNNNN-of-MMMMM` present, one total."""
     found = {}
     for p in paths:
-        m = card.SHARD.match(p.rsplit("/", 1)[-1])
+        m = parse_shard(p)
         if not m:
-            return [f"{p}: not named <split>-NNNNN-of-MMMMM.parquet"]
+            return [f"{p}: not named <split>-NNNNN-of-MMMMM-<build>.parquet"]
         found[int(m["index"])] = int(m["count"])
     totals = set(found.values())
     if len(totals) > 1:
         return [f"{paths[0].rsplit('/', 1)[0]}: shards of different sets ({', '.join(map(str, sorted(totals)))} shards)"]
-    total = totals.pop()
-    prefix = paths[0].rsplit("-", 3)[0]
-    return [f"{prefix}-{i:05d}-of-{total:05d}.parquet is missing" for i in range(total) if i not in found]
+    total, m = totals.pop(), parse_shard(paths[0])
+    return [f"{shard_name(m['config'], m['split'], i, total, m['build'])} is missing"
+            for i in range(total) if i not in found]
 
 
 # -- Upload ------------------------------------------------------------------------------------

@@ -94,6 +94,25 @@ def build_stats(sums, parents, *, run: dict, missing: dict[str, list[str]],
     }
 
 
+def failures(stages: dict[str, dict[str, Any]], limits: dict[str, tuple[float, frozenset[str]]]) -> list[str]:
+    """Why a run could not do its job, one line per stage: it rejected everything it was given, or
+    more of its input than its `max_reject_fraction` for reasons that mean the stage's service or
+    model failed (`limits`: stage -> (fraction, those reasons)). Other rejects are data faults."""
+    out = []
+    for stage, e in stages.items():
+        reasons = ", ".join(f"{k} {v}" for k, v in e["rejected"].items())
+        if e["in"] and e["rejected_total"] == e["in"]:
+            out.append(f"{stage}: rejected all {e['in']} of its input ({reasons})")
+        elif stage in limits and e["in"]:
+            fraction, systemic = limits[stage]
+            failed = {k: v for k, v in e["rejected"].items() if k in systemic}
+            if sum(failed.values()) > fraction * e["in"]:
+                out.append(f"{stage}: {sum(failed.values())} of {e['in']} rejected because the stage failed ("
+                           + ", ".join(f"{k} {v}" for k, v in failed.items())
+                           + f"), above its max_reject_fraction {fraction}")
+    return out
+
+
 def summary_lines(stats: dict[str, Any]) -> list[str]:
     """The table printed at the end of a run."""
     lines = [f"{'stage':<24}{'in':>8}{'out':>8}{'rejected':>10}  reasons"]

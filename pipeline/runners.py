@@ -23,7 +23,9 @@ from apache_beam.options.pipeline_options import (
 
 from ..transforms.settings import ConfigError
 
-LOCAL_RUNNERS = {"DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
+# Runners that run in this process or beside it and can read local paths: Beam's own list
+# (the direct profiles name FnApiRunner; see configs/runners.yaml for why not DirectRunner).
+LOCAL_RUNNERS = frozenset(StandardOptions.LOCAL_RUNNERS)
 
 
 def profiles() -> dict[str, list[str]]:

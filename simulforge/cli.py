@@ -28,12 +28,17 @@ def _curate(args, beam_args: list[str]) -> int:
     for key in ("input", "output", "work_dir", "runner"):
         if getattr(args, key) is not None:
             overrides.append(f"{key}={getattr(args, key)}")
-    if args.langs:
-        overrides.append(f"languages=[{args.langs}]")
-    if args.corpora:
-        overrides.append(f"corpora=[{args.corpora}]")
+    if args.overwrite:
+        overrides.append("overwrite=true")
+    for key, value in (("languages", args.langs), ("corpora", args.corpora)):
+        if value is not None:  # `--langs ""` is an empty list, refused by validation, not the default
+            overrides.append(f"{key}=[{value}]")
     settings = config.load(args.config, overrides)
-    curate.run(settings, beam_args)
+    try:
+        curate.run(settings, beam_args)
+    except curate.RunError as e:
+        print(f"simulforge curate: failed: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -79,6 +84,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--output", help="dataset folder to publish into")
     c.add_argument("--corpora", help="comma-separated subset of mustc,covost,fleurs")
     c.add_argument("--work-dir", dest="work_dir", help="extracted archives and caches")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace the simulforge build already in --output (other folders are never overwritten)")
     c.add_argument("--runner-profile", dest="runner", help="a profile of configs/runners.yaml (default: direct)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
     return p

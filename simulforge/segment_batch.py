@@ -6,6 +6,10 @@ starts the batches; `status` polls; `collect` validates the answers into the seg
 The next `curate` run with the same configuration then finds them there and asks online
 only for what the batch did not answer validly. Every step saves its progress in the
 work folder (segment.llm.batch_dir), so any of them can be re-run after an interruption.
+
+The configuration is read exactly as `curate` reads it (configs/curate.yaml, then --config,
+then --set, then --work-dir as the run's work_dir), so the cache and the work folder resolve
+to the same places: give both commands the same config and work dir and they share one cache.
 """
 
 from __future__ import annotations
@@ -18,11 +22,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
-
+from simulforge.pipeline import config as curate_config
 from simulforge.transforms import segment_llm
 from simulforge.transforms.records import AudioRef, Utterance
-from simulforge.transforms.segment import load_settings
+from simulforge.transforms.segment import SegmentSettings
 from simulforge.transforms.settings import ConfigError
 
 
@@ -65,31 +68,35 @@ def read_utterances(path: Path, languages: list[str]) -> Iterator[Utterance]:
             )
 
 
-def _settings(config: Path | None):
-    overrides = {}
-    if config is not None:
-        if not config.is_file():
-            raise ConfigError(f"{config}: no config file there")
-        data = yaml.safe_load(config.read_text()) or {}
-        overrides = data.get("segment", data)  # a curation config, or just its segment section
-    return load_settings({**overrides, "backend": "llm"})
+def _settings(config: Path | None, sets: list[str], work_dir: Path | None) -> SegmentSettings:
+    """The `segment` section as `curate` would see it, with its paths resolved under work_dir."""
+    if config is not None and not config.is_file():
+        raise ConfigError(f"{config}: no config file there")
+    overrides = [*sets, "segment.backend=llm"]
+    if work_dir is not None:
+        overrides.append(f"work_dir={json.dumps(str(work_dir))}")  # a JSON string is a YAML string
+    return curate_config.load(str(config) if config else None, overrides).segment
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="simulforge segment-batch", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["submit", "status", "collect"])
-    parser.add_argument("--config", type=Path, help="YAML with a `segment:` section (or the section itself)")
+    parser.add_argument("--config", type=Path, help="the curation config (YAML merged over configs/curate.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, as for curate (repeatable)")
     parser.add_argument(
         "--input", type=Path, help="submit: utterances as .jsonl, or a .tsv with id, en, <lang> columns"
     )
     parser.add_argument(
         "--languages", default="", help="comma-separated target languages (default: all in a .jsonl)"
     )
-    parser.add_argument("--work-dir", type=Path, help="overrides segment.llm.batch_dir")
+    parser.add_argument("--work-dir", type=Path,
+                        help="the run's work_dir, as curate's --work-dir (the cache and batch_dir go under it)")
     args = parser.parse_args(argv)
+    settings = None
     try:
-        settings = _settings(args.config)
-        work_dir = str(args.work_dir or settings.llm.batch_dir)
+        settings = _settings(args.config, args.set, args.work_dir)
+        work_dir = settings.llm.batch_dir
         if args.action == "submit":
             if args.input is None:
                 parser.error("submit needs --input")
@@ -104,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except segment_llm.openai_errors() as e:
-        key = os.environ.get(settings.llm.api_key_env, "")
+        key = os.environ.get(settings.llm.api_key_env, "").strip() if settings else ""
         print(f"error: the batch API call failed: {segment_llm.redact(str(e), key)}", file=sys.stderr)
+        return 1
+    except json.JSONDecodeError as e:  # a reply that is not JSON (the client does not wrap that)
+        print(f"error: the server's reply is not JSON ({e.msg} at character {e.pos})", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
     return 0

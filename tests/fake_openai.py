@@ -5,9 +5,13 @@ POST /v1/chat/completions, POST /v1/files (multipart), GET /v1/files/{id}/conten
 POST /v1/batches and GET /v1/batches/{id}.
 
 Chat answers come from `script` (a list consumed in order: a `Reply`, or a function of the
-request body returning one); when the script is empty the server plays a well-behaved model
-(`valid_answer`). Error bodies echo the caller's Authorization header, as careless servers
-do, so tests can check that the key never leaks out of the client.
+request body returning one); when the script is empty, from `always` (the same kind of step,
+for a server broken for good), and without that the server plays a well-behaved model
+(`valid_answer`).
+
+Any string the server sends (a JSON body's strings, a text body, a header) can echo the
+caller's key, as careless servers and proxies do, so tests can check that it never leaks out
+of the client: see `ECHOES` for the forms it takes.
 """
 
 from __future__ import annotations
@@ -24,12 +28,45 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+def _key(auth: str) -> str:
+    return auth.removeprefix("Bearer ")
+
+
+def _wrapped(key: str) -> str:
+    return f"{key[: len(key) // 2]}\n{key[len(key) // 2 :]}"
+
+
+# Placeholders replaced in whatever the server sends, each a way a key really leaks.
+ECHOES: dict[str, Callable[[str], str]] = {
+    "{auth}": lambda auth: auth,  # the Authorization header: "Bearer <key>"
+    "{key}": _key,
+    # every character \uXXXX-escaped: in a JSON text body it decodes to the key, in a string it stays escaped
+    "{key_escaped}": lambda auth: "".join(f"\\u{ord(c):04x}" for c in _key(auth)),
+    "{key_split}": lambda auth: _wrapped(_key(auth)),  # wrapped at a line end, or chunked by a model
+}
+
+
+def echo(value: Any, auth: str) -> Any:
+    """`value` (a JSON-like body or a string) with every placeholder of ECHOES filled in."""
+    if isinstance(value, str):
+        for name, fill in ECHOES.items():
+            if name in value:
+                value = value.replace(name, fill(auth))
+        return value
+    if isinstance(value, dict):
+        return {k: echo(v, auth) for k, v in value.items()}
+    if isinstance(value, list):
+        return [echo(v, auth) for v in value]
+    return value
+
+
 @dataclass
 class Reply:
     status: int = 200
     body: Any = None  # dict: sent as JSON; str: sent as is
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    drop: bool = False  # close the connection without answering, as a server that went away
 
 
 def completion(content: str, prompt_tokens: int = 100, completion_tokens: int = 40) -> Reply:
@@ -52,11 +89,15 @@ def completion(content: str, prompt_tokens: int = 100, completion_tokens: int = 
 
 
 def error(
-    status: int, message: str = "error", headers: dict[str, str] | None = None, delay_s: float = 0.0
+    status: int,
+    message: str = "error",
+    headers: dict[str, str] | None = None,
+    delay_s: float = 0.0,
+    code: str | None = None,
 ) -> Reply:
-    """An error reply; "{auth}" in the message is replaced by the request's Authorization header."""
+    """An error reply (placeholders of ECHOES in the message are filled in)."""
     return Reply(
-        status, {"error": {"message": message, "type": "fake_error", "code": None}}, headers or {}, delay_s
+        status, {"error": {"message": message, "type": "fake_error", "code": code}}, headers or {}, delay_s
     )
 
 
@@ -111,10 +152,12 @@ def answer_with(change: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, 
 class FakeOpenAI:
     def __init__(self, refuse_json_schema: bool = False, polls_until_done: int = 1, estimate_tokens: bool = False):
         self.script: list[Reply | Callable[[dict[str, Any]], Reply]] = []
+        self.always: Reply | Callable[[dict[str, Any]], Reply] | None = None  # once the script is empty
         self.refuse_json_schema = refuse_json_schema
         self.estimate_tokens = estimate_tokens  # count ~4 characters a token instead of fixed numbers
         self.models_reply: Reply | None = None  # what GET /v1/models answers instead of the model list
         self.polls_until_done = polls_until_done
+        self.batch_extra: dict[str, Any] = {}  # fields laid over every batch object sent
         self.chat_requests: list[dict[str, Any]] = []
         self.authorizations: list[str] = []
         self.files: dict[str, bytes] = {}
@@ -139,7 +182,7 @@ class FakeOpenAI:
     def chat(self, body: dict[str, Any]) -> Reply:
         with self._lock:
             self.chat_requests.append(body)
-            step = self.script.pop(0) if self.script else None
+            step = self.script.pop(0) if self.script else self.always
         if self.refuse_json_schema and (body.get("response_format") or {}).get("type") == "json_schema":
             return error(400, "response_format json_schema is not supported")
         if step is None:
@@ -186,6 +229,7 @@ class FakeOpenAI:
             "output_file_id": b["output_file_id"] if done else None,
             "error_file_id": None,
             "request_counts": {"total": b["n"], "completed": b["n"] if done else 0, "failed": 0},
+            **self.batch_extra,
         }
 
     # -- HTTP ----------------------------------------------------------------------------------
@@ -200,15 +244,11 @@ class FakeOpenAI:
             def _send(self, reply: Reply) -> None:
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
-                body = reply.body
-                if isinstance(body, dict) and "error" in body:
-                    auth = self.headers.get("Authorization", "")
-                    body = {
-                        "error": {
-                            **body["error"],
-                            "message": body["error"]["message"].replace("{auth}", auth),
-                        }
-                    }
+                if reply.drop:
+                    self.close_connection = True
+                    return
+                auth = self.headers.get("Authorization", "")
+                body = echo(reply.body, auth)
                 data = (
                     body.encode()
                     if isinstance(body, str)
@@ -219,7 +259,7 @@ class FakeOpenAI:
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     for k, v in reply.headers.items():
-                        self.send_header(k, v)
+                        self.send_header(k, echo(v, auth).replace("\n", " "))
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):

@@ -139,8 +139,8 @@ def test_wrong_rate_and_stereo_are_fixed_and_recorded(demo_copy, tmp_path):
     import datasets
 
     ds = datasets.load_dataset(str(out), "offline", split="train")
-    fixed = [r for r in ds if r["audio_fixes"]]
-    assert len(fixed) == 1 and fixed[0]["audio_fixes"] == ["downmixed 2->1", "resampled 44100->16000"]
+    fixed = [r for r in ds if r["fixes"]]
+    assert len(fixed) == 1 and fixed[0]["fixes"] == ["downmixed 2->1", "resampled 44100->16000"]
 
 
 def test_duplicate_ids(demo_copy, tmp_path):

@@ -11,41 +11,29 @@ import json
 import math
 import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from test_training_data import build_published  # noqa: E402  (the fixture dataset builder)
-
 from simulforge.eval import policies as P  # noqa: E402
 from simulforge.eval.driver import ASR, Decoder, Stream, _Frames, to_words  # noqa: E402
 from simulforge.evaluate import main  # noqa: E402
 from simulforge.models.encoder import StreamingEncoder  # noqa: E402
-from simulforge.training import config as C  # noqa: E402
 from simulforge.training.data import log_mel  # noqa: E402
-from simulforge.training.recipes import load_run, run  # noqa: E402
+from simulforge.training.recipes import load_run  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
 RUNS = ("bilingual", "unified", "easist", "jstar")  # wait-k single and joint multilingual, EASiST, JSTAR
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory):
-    return build_published(tmp_path_factory.mktemp("published"))
-
-
-@pytest.fixture(scope="module")
-def runs(published, tmp_path_factory):
-    """Each tiny config trained on its own schedule (seconds each): it overfits the fixture clips."""
-    root = tmp_path_factory.mktemp("runs")
+def runs(tiny_runs):
+    """The tiny configs trained by conftest's `tiny_runs` (shared with test_training): each overfits the
+    first three fixture clips, which are the ones decoded here."""
     for name in RUNS:
-        cfg, _ = C.load(CONFIGS / f"{name}_tiny.yaml", ["train.progress=false", "train.ckpt_every=1000",
-                                                        "train.device=cpu"])
-        run(cfg, published, root / name, echo=False)
-    return root
+        tiny_runs(name)
+    return tiny_runs.root
 
 
 @pytest.fixture(scope="module")
@@ -289,10 +277,15 @@ def test_evaluate_jstar_sot_outputs(runs, published, tmp_path):
     transducer = scores["settings"][0]
     assert transducer["name"] == "transducer" and {"WER", "SA-WER"} <= set(transducer["targets"][ASR])
     assert "BLEU" in transducer["targets"]["de"]
-    first = json.loads((out / "transducer" / "de" / "instances.log").read_text().splitlines()[0])
-    assert "<" not in first["reference"] and "<" not in first["prediction"]  # no speaker tags in BLEU
-    asr = json.loads((out / "transducer" / ASR / "instances.log").read_text().splitlines()[0])
-    assert asr["reference"].startswith("<SELF>")
+    for setting in ("transducer", "offline"):
+        de = [json.loads(line) for line in (out / setting / "de" / "instances.log").read_text().splitlines()]
+        asr = [json.loads(line) for line in (out / setting / ASR / "instances.log").read_text().splitlines()]
+        assert len(de) == len(asr) == scores["utterances"] == 3
+        for instance in de + asr:  # the run overfits these conversations: every output says something
+            assert instance["prediction"].strip(), (setting, instance)
+            assert len(instance["delays"]) == len(instance["prediction"].split())
+        assert all("<" not in i["reference"] and "<" not in i["prediction"] for i in de)  # no speaker tags in BLEU
+        assert all(i["reference"].startswith("<SELF>") for i in asr)
 
 
 def test_evaluate_easist_sweeps_the_policy_threshold(runs, published, tmp_path):

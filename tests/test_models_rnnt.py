@@ -53,9 +53,23 @@ def test_rnnt_loss_is_the_sum_over_all_alignments():
     assert loss.item() == pytest.approx(_brute_force(logits[0], y, T), abs=1e-9)
 
 
-def test_rnnt_loss_runs_in_float32_and_refuses_empty_inputs():
-    logits = torch.randn(2, 3, 3, 4)
-    loss = rnnt_loss(logits, torch.tensor([[1, 2], [3, 0]]), torch.tensor([3, 2]), torch.tensor([2, 1]))
-    assert torch.isfinite(loss)
+def test_rnnt_loss_in_float32_matches_the_float64_reference_and_refuses_empty_inputs():
+    torch.manual_seed(4)
+    B, T, U, V = 4, 7, 5, 6
+    logits = torch.randn(B, T, U + 1, V, requires_grad=True)
+    targets = torch.randint(1, V, (B, U))
+    T_len, U_len = torch.tensor([7, 5, 1, 3]), torch.tensor([5, 2, 3, 0])
+    loss = rnnt_loss(logits, targets, T_len, U_len, reduction="none")
+    grad, = torch.autograd.grad(loss.sum(), logits)
+    assert loss.dtype == grad.dtype == torch.float32
+    exact = logits.detach().double().requires_grad_()
+    ref = rnnt_loss_reference(exact, targets, T_len, U_len)
+    ref_grad, = torch.autograd.grad(ref.sum(), exact)
+    # Tolerances: float32 rounds each of the T + U - 1 <= 11 log-add steps of a path sum to eps = 1.2e-7,
+    # so the loss (5-20 nats here) is within ~11 eps = 1.3e-6 relative (seen: 1.3e-7 over 20 seeds). A
+    # gradient entry lies in [-1, 1] and is exp(alpha + beta - log P) of sums rounded that way: within
+    # ~20 nats x 11 eps = 3e-5 absolute (seen: 4e-6). float16 log-probs miss both (1e-4, 5e-4).
+    assert torch.allclose(loss.double(), ref, rtol=1.5e-6, atol=0)
+    assert torch.allclose(grad.double(), ref_grad, rtol=0, atol=3e-5)
     with pytest.raises(ValueError, match="at least one frame"):
-        rnnt_loss(logits, torch.tensor([[1, 2], [3, 0]]), torch.tensor([3, 0]), torch.tensor([2, 1]))
+        rnnt_loss(logits[:2, :3, :3], torch.tensor([[1, 2], [3, 0]]), torch.tensor([3, 0]), torch.tensor([2, 1]))

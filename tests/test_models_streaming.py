@@ -63,17 +63,43 @@ def test_wait_k_decoding_step_by_step_equals_teacher_forcing_under_the_mask(mode
     assert torch.allclose(torch.stack(streamed, 1), reference, atol=1e-4)
 
 
+def _greedy_under_the_waitk_mask(model: WaitkST, feats, lang: str, k: int, max_len: int) -> list[int]:
+    """Greedy decoding by teacher forcing over the whole encoded input, token i seeing k + i blocks."""
+    memory, memory_lengths = model.encoder(feats, torch.tensor([feats.shape[1]]))
+    tokens = [model.start_token(lang)]
+    while len(tokens) <= max_len:
+        inputs = torch.tensor([tokens])
+        mask = waitk_mask(len(tokens), memory_lengths, model.cfg.encoder.block_len, k)
+        token = int(model.decoder_for(lang)(inputs, memory, mask)[0, -1].argmax())
+        if token == model.cfg.eos_id:
+            break
+        tokens.append(token)
+    return tokens[1:]
+
+
+@torch.no_grad()
 def test_joint_simultaneous_decoding_keeps_each_languages_lag():
     model = _waitk("unified")
-    feats = torch.randn(1, 100, 80)  # 7 blocks of 16 frames
-    out = model.simultaneous_generate(feats, {"de": 2, "es": 4}, max_len=12)
-    for lang, k in {"de": 2, "es": 4}.items():
+    # Wider weights than the default init, whose tiny model writes one token throughout: here what a
+    # token is depends on how much was read, so a language decoded at another's lag writes other tokens.
+    generator = torch.Generator().manual_seed(3)
+    for p in model.parameters():
+        if p.dim() >= 2:
+            p.copy_(torch.randn(p.shape, generator=generator))
+    feats = torch.randn(1, 100, 80, generator=generator)  # 7 blocks of 16 frames
+    n_blocks, lags = 7, {"de": 2, "es": 4}
+    out = model.simultaneous_generate(feats, lags, max_len=12)
+    for lang, k in lags.items():
         tokens, delays = out[lang]
-        assert len(tokens) == len(delays) > 0
-        assert all(d >= min(7, k + i) for i, d in enumerate(delays))
-        assert delays == sorted(delays)
-    offline = model.generate(feats, torch.tensor([100]), "de", max_len=12)
-    assert len(offline) == 1
+        assert tokens == _greedy_under_the_waitk_mask(model, feats, lang, k, max_len=12), lang
+        assert len(tokens) > n_blocks - k and delays == [min(n_blocks, k + i) for i in range(len(tokens))], lang
+    # ...which they do here: each language at the other's lag.
+    assert out["de"][0] != _greedy_under_the_waitk_mask(model, feats, "de", lags["es"], max_len=12)
+    assert out["es"][0] != _greedy_under_the_waitk_mask(model, feats, "es", lags["de"], max_len=12)
+    # Offline decoding is wait-k with k past the end of the input.
+    for lang in lags:
+        assert model.generate(feats, torch.tensor([100]), lang, max_len=12) == [
+            _greedy_under_the_waitk_mask(model, feats, lang, n_blocks, max_len=12)]
 
 
 def test_jstar_streaming_greedy_equals_offline_greedy():

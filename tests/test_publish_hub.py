@@ -26,7 +26,7 @@ import yaml
 
 from conftest import curate
 from simulforge import publish
-from simulforge.pipeline import card
+from simulforge.pipeline import card, output
 
 TOKEN = "hf_fakeTokenThatMustNeverBePrinted0123"
 REPO = "lab/simul-demo"
@@ -49,7 +49,15 @@ def copy(folder, tmp_path):
 
 
 def _files(root) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """What an upload sends: every file but the build marker, which is for the local folder only."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != output.MARKER}
+
+
+def _shard(root, name: str):
+    """data/offline/<name>-<build>.parquet: shard names carry the build id."""
+    (path,) = (root / "data/offline").glob(f"{name}-*.parquet")
+    return path
 
 
 # -- Dry run -----------------------------------------------------------------------------------
@@ -70,14 +78,14 @@ def test_dry_run_lists_a_whole_build(folder, capsys, monkeypatch):
 
 
 def _rewrite_duration_as_double(root):
-    path = root / "data/offline/train-00000-of-00002.parquet"
+    path = _shard(root, "train-00000-of-00002")
     table = pq.read_table(path)
     i = table.schema.get_field_index("duration")
     pq.write_table(table.set_column(i, pa.field("duration", pa.float64()), table["duration"].cast(pa.float64())), path)
 
 
 def _append_an_empty_row_group(root):
-    path = root / "data/offline/test-00000-of-00001.parquet"
+    path = _shard(root, "test-00000-of-00001")
     table = pq.read_table(path)
     with pq.ParquetWriter(path, table.schema) as writer:
         writer.write_table(table)
@@ -91,20 +99,20 @@ def _add_a_row_to_stats(root):
 
 
 def _leave_strays(root):
-    (root / ".incoming").mkdir()
-    (root / ".incoming/stats.sums.jsonl").write_text("[]\n")
-    shutil.copy(root / "data/offline/test-00000-of-00001.parquet", root / "data/offline/old-00000-of-00001.parquet")
+    (root / ".simulforge-staging-1").mkdir()
+    (root / ".simulforge-staging-1/stats.sums.jsonl").write_text("[]\n")
+    shutil.copy(_shard(root, "test-00000-of-00001"), root / "data/offline/old-00000-of-00001.parquet")
 
 
 @pytest.mark.parametrize("damage, expected", [
-    (lambda root: (root / "data/offline/train-00001-of-00002.parquet").unlink(),
-     ["data/offline/train-00001-of-00002.parquet is missing", "the shards hold"]),
+    (lambda root: _shard(root, "train-00001-of-00002").unlink(),
+     ["data/offline/train-00001-of-00002-", ".parquet is missing", "the shards hold"]),
     (_rewrite_duration_as_double,
-     ["data/offline/train-00000-of-00002.parquet: schema differs from the card's features: duration is double "
+     ["data/offline/train-00000-of-00002-", ".parquet: schema differs from the card's features: duration is double "
       "in the shard, float in the card"]),
-    (_append_an_empty_row_group, ["test-00000-of-00001.parquet: holds a row group of no rows"]),
+    (_append_an_empty_row_group, ["test-00000-of-00001-", ".parquet: holds a row group of no rows"]),
     (_add_a_row_to_stats, ["config offline, split train: the shards hold"]),
-    (_leave_strays, ["stray files", ".incoming/stats.sums.jsonl", "data/offline/old-00000-of-00001.parquet"]),
+    (_leave_strays, ["stray files", ".simulforge-staging-1/stats.sums.jsonl", "data/offline/old-00000-of-00001.parquet"]),
 ], ids=["missing-shard", "schema", "empty-row-group", "counts", "stray"])
 def test_dry_run_refuses_a_damaged_folder(copy, capsys, damage, expected):
     damage(copy)

@@ -148,7 +148,6 @@ def test_rescore_errors(tmp_path):
 
 
 def test_bleu_matches_simuleval(tmp_path):
-    pytest.importorskip("simuleval")
     from simuleval.evaluator.instance import LogInstance
     from simuleval.evaluator.scorers.quality_scorer import SacreBLEUScorer
 

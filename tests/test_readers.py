@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
+from collections import Counter
 
+import soundfile as sf
+
+from simulforge.demo import corpora
 from simulforge.pipeline.config import load
 from simulforge.transforms.readers import plan, read_task
 from simulforge.transforms.readers.common import tsv_fields
@@ -21,6 +24,18 @@ def _read_all(root, corpus, langs=("de", "es")):
 def _truth(root):
     with open(root / "truth" / "word_times.jsonl", encoding="utf-8") as f:
         return {r["id"]: r for r in map(json.loads, f)}
+
+
+def _spoken(root, corpus):
+    """What the demo generator wrote for `corpus`: its truth (clip id -> text, duration, speaker), and
+    per English sentence the parallel row and the dataset split of that sentence (one for every corpus)."""
+    truth = {k: v for k, v in _truth(root).items() if v["corpus"] == corpus}
+    meta = dict(line.split(": ", 1) for line in (root / "README.txt").read_text().splitlines() if ": " in line)
+    assert meta["rounds"] == "1"  # one round: every text is a sentence of sentences.tsv
+    sentences = corpora.load_sentences()[: int(meta["sentences"])]
+    split_names = load().corpus[corpus].splits
+    splits = corpora._assign_splits(len(sentences), int(meta["seed"]))
+    return truth, {s.en: (s, split_names[split]) for s, split in zip(sentences, splits, strict=True)}
 
 
 def test_mustc_segments_have_stable_ids_and_numeric_order(demo_root):
@@ -46,8 +61,19 @@ def test_mustc_segments_have_stable_ids_and_numeric_order(demo_root):
 def test_covost_reads_only_german_and_says_spanish_is_missing(demo_root):
     tasks, missing, items = _read_all(demo_root, "covost")
     assert missing == ["es"] and [t.lang for t in tasks] == ["de"]
-    parts = [x for x in items if not isinstance(x, Reject)]
-    assert parts and all(u.audio.path.endswith(".mp3") and set(u.translations) == {"de"} for _, u in parts)
+    assert not [x for x in items if isinstance(x, Reject)]
+    truth, sentences = _spoken(demo_root, "covost")
+    clips = dict(items)
+    # Every clip the generator wrote, once, keyed by its id, with its text, translation and split.
+    assert len(items) == len(clips) == len(truth) and set(clips) == set(truth)
+    for uid, utt in clips.items():
+        sentence, split = sentences[truth[uid]["text"]]
+        assert (utt.id, utt.corpus, utt.source_text, utt.translations, utt.split) == (
+            uid, "covost", sentence.en, {"de": sentence.de}, split)
+        assert utt.audio.path == str(demo_root / "covost" / "clips" / f"{uid[len('covost/'):]}.mp3")
+    # One Common Voice client id per demo speaker, and no two speakers share one.
+    speakers = {(truth[uid]["speaker"], utt.speaker) for uid, utt in clips.items()}
+    assert len(speakers) == len({a for a, _ in speakers}) == len({b for _, b in speakers}) > 1
 
 
 def test_covost_fields_keep_quotes_and_unescape_backslashes():
@@ -57,12 +83,36 @@ def test_covost_fields_keep_quotes_and_unescape_backslashes():
 
 def test_fleurs_extracts_audio_and_keys_recordings_by_sentence_id(demo_root):
     tasks, missing, items = _read_all(demo_root, "fleurs")
-    assert not missing
-    clips = [(k, x) for k, x in (i for i in items if not isinstance(i, Reject)) if isinstance(x, Utterance)]
-    texts = [(k, x) for k, x in (i for i in items if not isinstance(i, Reject)) if isinstance(x, Translation)]
-    keys = [k for k, _ in clips]
-    assert any(keys.count(k) > 1 for k in keys), "some sentence ids have several recordings"
-    assert {t.lang for _, t in texts} == {"de", "es"}
-    assert all(
-        os.path.exists(u.audio.path) and u.audio.path.startswith(str(demo_root / "work")) for _, u in clips
-    )
+    assert not missing and not [x for x in items if isinstance(x, Reject)]
+    truth, sentences = _spoken(demo_root, "fleurs")
+    clips = [(k, x) for k, x in items if isinstance(x, Utterance)]
+    texts = [(k, x) for k, x in items if isinstance(x, Translation)]
+    assert len(clips) + len(texts) == len(items)
+    # Every recording the generator wrote, once, with its text, split and duration, extracted whole.
+    by_id = {u.id: (k, u) for k, u in clips}
+    split_dirs = {name: folder for folder, name in load().corpus["fleurs"].splits.items()}
+    assert len(by_id) == len(clips) == len(truth) and set(by_id) == set(truth)
+    for uid, (_, utt) in by_id.items():
+        sentence, split = sentences[truth[uid]["text"]]
+        assert (utt.corpus, utt.source_text, utt.split, utt.speaker) == ("fleurs", sentence.en, split, uid)
+        assert utt.audio.duration_s == truth[uid]["duration_s"]
+        path = utt.audio.path
+        assert path == str(demo_root / "work" / "fleurs" / "en_us" / split_dirs[split] / f"{uid[len('fleurs/'):]}.wav")
+        assert sf.info(path).frames == round(truth[uid]["duration_s"] * 16000)
+    # A key is a sentence id: recordings of one sentence share it, other sentences have their own.
+    text_of_key = {k: {u.source_text for kk, u in clips if kk == k} for k, _ in clips}
+    assert all(len(t) == 1 for t in text_of_key.values())
+    assert len(text_of_key) == len({t["text"] for t in truth.values()})
+    assert Counter(k for k, _ in clips).most_common(1)[0][1] > 1, "some sentence ids have several recordings"
+    # Each translation row joins its sentence's recordings and carries that sentence's translation.
+    for lang, locale in (("de", "de_de"), ("es", "es_419")):
+        rows = [(k, t) for k, t in texts if t.lang == lang]
+        assert len(rows) == sum(_lines(demo_root / "fleurs" / locale / f"{s}.tsv") for s in ("train", "dev", "test"))
+        for key, t in rows:
+            [text] = text_of_key[key]
+            assert t.text == getattr(sentences[text][0], lang), (key, lang)
+        assert {k for k, _ in rows} == set(text_of_key)
+
+
+def _lines(path):
+    return len(path.read_text(encoding="utf-8").splitlines())

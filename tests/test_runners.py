@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from apache_beam.options.pipeline_options import StandardOptions
 
+from segment_run import run_cli
 from simulforge.pipeline import runners
 from simulforge.transforms.settings import ConfigError
 
@@ -12,7 +14,7 @@ REMOTE = {"input": "gs://b/raw", "output": "gs://b/out", "work_dir": "gs://b/wor
 
 def test_profiles_come_first_and_the_command_line_last():
     args = runners.beam_args("direct-mp", ["--direct_num_workers=4"], ["--direct_num_workers=2"])
-    assert args[0] == "--runner=DirectRunner" and args[-1] == "--direct_num_workers=2"
+    assert args[0] == "--runner=FnApiRunner" and args[-1] == "--direct_num_workers=2"
     with pytest.raises(ConfigError, match="known profiles are direct, direct-mp"):
         runners.beam_args("yarn", [], [])
 
@@ -43,3 +45,28 @@ def test_cluster_runs_refuse_local_paths():
     with pytest.raises(ConfigError, match="output=out"):
         runners.validate(args, {**REMOTE, "output": "out"})
     runners.validate(runners.beam_args("portable-embed", [], []), {"output": "out"})
+
+
+def test_local_profiles_name_a_local_runner_and_not_the_downloading_default():
+    for name in ("direct", "direct-mp"):
+        options = runners.validate(runners.beam_args(name, [], []), {"output": "out", "work_dir": "w"})
+        runner = options.view_as(StandardOptions).runner
+        assert runner in runners.LOCAL_RUNNERS and runner != "DirectRunner", (name, runner)
+
+
+@pytest.mark.parametrize("profile", ["direct", "direct-mp"])
+def test_local_profiles_download_nothing_and_run_on_the_runner_they_name(profile, demo_root, tmp_path):
+    """Beam's DirectRunner tries to download Prism from GitHub at every run; the child process
+    records every lookup, connect and urllib request to another host, and the runner it ran on."""
+    home = tmp_path / "home"
+    home.mkdir()
+    argv = ["curate", "--input", demo_root, "--output", tmp_path / "out", "--work-dir", tmp_path / "work",
+            "--langs", "de", "--corpora", "mustc", "--runner-profile", profile,
+            "--set", "configs=[offline]", "--set", "embed.enabled=false"]
+    proc, seen = run_cli(argv, tmp_path / "seen.json", cwd=tmp_path, env={"HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert seen["network"] == []
+    named = next(a.split("=", 1)[1] for a in runners.profiles()[profile] if a.startswith("--runner="))
+    assert seen["runners"] == [named]
+    assert "Prism" not in proc.stderr
+    assert not (home / ".apache_beam").exists()

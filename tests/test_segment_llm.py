@@ -3,6 +3,7 @@ import logging
 import re
 import socket
 import time
+import urllib.parse
 
 import pytest
 
@@ -11,7 +12,7 @@ from segment_run import run_segment
 from simulforge import segment_batch
 from simulforge.transforms import segment_llm
 from simulforge.transforms.records import AudioRef, Utterance
-from simulforge.transforms.segment import Segment, card_section, load_settings, summarize
+from simulforge.transforms.segment import SYSTEMIC_REASONS, Segment, card_section, load_settings, summarize
 from simulforge.transforms.segment_llm import (
     InvalidAnswer,
     Item,
@@ -28,6 +29,27 @@ from simulforge.transforms.settings import ConfigError
 
 KEY = "sk-test-DO-NOT-LEAK-4242"
 LEVELS = ["low", "medium", "high"]
+PIECE = 8  # this many characters of the key in a row is a leak (what a cut or a line wrap leaves)
+
+
+def leaked(text: str) -> list[str]:
+    """Pieces of KEY in `text`, plain or escaped in any of the ways a leak takes (\\uXXXX,
+    escaped again, %XX), found independently of the product's own redaction."""
+    plain = text
+    for _ in range(3):  # undo up to three layers of escaping
+        plain = re.sub(r"\\+u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), plain)
+        plain = urllib.parse.unquote(plain)
+    return sorted({KEY[i : i + PIECE] for i in range(len(KEY) - PIECE + 1) if KEY[i : i + PIECE] in plain})
+
+
+def file_texts(*roots):
+    """(path, text) of every file under `roots`, binary ones decoded loosely (sqlite, WAL)."""
+    return [
+        (str(p), p.read_bytes().decode("utf-8", "replace"))
+        for root in roots
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    ]
 
 SENTENCES = [
     (
@@ -286,17 +308,46 @@ def test_servers_without_structured_outputs_get_plain_json(tmp_path):
     assert formats == ["json_schema", None, None]  # refused once, then plain for the rest of the run
 
 
+def test_redaction_finds_the_key_whole_cut_wrapped_and_escaped():
+    escaped = "".join(f"\\u{ord(c):04x}" for c in KEY)
+    forms = [
+        f"Error code: 401 - {{'message': 'Bearer {KEY} is not allowed'}}",
+        f"got '{KEY[:12]}",  # what a cut at a length limit leaves
+        f"{KEY[:12]}\n{KEY[12:]}",  # wrapped at a line end
+        f"{KEY[:10]} {KEY[10:]}",  # chunked by a model
+        escaped,  # JSON/Python escapes
+        json.dumps(escaped),  # ... escaped twice
+        urllib.parse.quote(KEY, safe=""),
+    ]
+    for text in forms:
+        clean = segment_llm.redact(text, KEY)
+        assert leaked(text) and not leaked(clean), (text, clean)
+        assert segment_llm.REDACTED in clean and segment_llm.holds_key(text, KEY)
+    assert segment_llm.redact(f"x {KEY} y", KEY) == "x [redacted] y"
+    assert segment_llm.redact("nothing to hide: sk-test", KEY) == "nothing to hide: sk-test"  # 7 characters
+    # a piece of the key that is also in what we sent is a word of the text, not a leak
+    assert not segment_llm.holds_key("it is required", "sk-no-key-required", known="is required")
+    assert segment_llm.holds_key("it is sk-no-key", "sk-no-key-required", known="is required")
+    assert not segment_llm.holds_key("x marks the spot", "x")  # a placeholder key is no secret
+
+
 def test_the_api_key_never_leaks(fake, tmp_path, caplog):
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG)  # the HTTP client logs response headers and bodies at DEBUG
     settings = settings_for(fake, tmp_path, batch_size=2, concurrency=1)
-    leak = "{auth} is not allowed"  # the server echoes the Authorization header into its errors
-    fake.script = [error(429, leak, {"Retry-After": "0"}), error(500, leak), error(401, leak)]
+    # the client's message is "Error code: 403 - <the server's message>"; a cut at 300 keeps 12 of the key
+    cut_mid_key = "." * (300 - len("Error code: 403 - ") - 12)
+    fake.script = [
+        error(429, "{key_split} slow down", {"Retry-After": "0", "X-Echo": "{auth}"}),
+        error(500, "{key_escaped} is busy"),
+        error(403, cut_mid_key + "{key} is not allowed here"),
+        error(401, "{auth} is not allowed"),
+    ]
     utts = utterances(3)
     out, rejects, stats = run_segment(settings, utts, tmp_path)
     assert any(KEY in a for a in fake.authorizations)  # the key did travel, so the test can bite
-    assert [r.reason for r in rejects] == ["llm_request_failed", "llm_request_failed"]
-    assert "[redacted]" in rejects[0].detail
-    fake.models_reply = error(401, leak)
+    assert [r.reason for r in rejects] == ["llm_request_failed", "llm_request_failed", "llm_request_failed"]
+    assert "X-Echo" in caplog.text  # the client logged the echoing header: the log path was taken
+    fake.models_reply = error(401, "{auth} is not allowed")
     with pytest.raises(ConfigError) as refused:
         Segment(settings)
     texts = [
@@ -306,9 +357,35 @@ def test_the_api_key_never_leaks(fake, tmp_path, caplog):
         repr(rejects),
         json.dumps(stats),
         json.dumps(summarize(stats)),
+        *(text for _, text in file_texts(tmp_path)),
     ]
-    texts += [p.read_bytes().decode("utf-8", "replace") for p in tmp_path.rglob("*") if p.is_file()]
-    assert not [t for t in texts if KEY in t]
+    assert [leaked(t) for t in texts if leaked(t)] == []
+    assert all(segment_llm.REDACTED in r.detail for r in rejects)  # the echoes reached the details
+
+
+def put_in_first_target_chunk(placeholder):
+    def change(answer):
+        answer["items"][0]["levels"]["low"]["target_chunks"]["de"][0] += f" {placeholder}"
+
+    return change
+
+
+def test_an_answer_holding_the_key_is_never_cached_or_published(fake, tmp_path):
+    """Target chunks need not repeat the reference word for word, so a key in one would pass
+    every other check: the answer is invalid because it holds the key."""
+    settings = settings_for(fake, tmp_path, batch_size=1, concurrency=1)
+    fake.script = [
+        answer_with(put_in_first_target_chunk("{key}")),
+        answer_with(put_in_first_target_chunk("{key_escaped}")),  # stays escaped in the chunk's text
+        answer_with(put_in_first_target_chunk("{key_split}")),
+        answer_with(put_in_first_target_chunk("{key}")),
+    ]  # then the server answers well
+    out, rejects, stats = run_segment(settings, utterances(3), tmp_path)
+    assert [(r.id, r.reason) for r in rejects] == [("u/0", "llm_invalid_answer"), ("u/1", "llm_invalid_answer")]
+    assert "holds the API key" in rejects[0].detail and "after one repair" in rejects[0].detail
+    assert [u.id for u in out] == ["u/2"] and stats["llm/repair_requests"] == 2
+    texts = [repr(out), repr(rejects), *(text for _, text in file_texts(tmp_path))]
+    assert [leaked(t) for t in texts if leaked(t)] == []
 
 
 def test_the_llm_backend_fails_before_any_work(fake, tmp_path, monkeypatch):
@@ -326,6 +403,57 @@ def test_the_llm_backend_fails_before_any_work(fake, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="refused the key in OPENAI_API_KEY"):
         Segment(settings)
     assert fake.chat_requests == []
+
+
+@pytest.mark.parametrize(
+    "broken, reason, asked",
+    [
+        # retried with backoff (max_retries 2: three attempts per request), then given up
+        (error(429, "slow down", {"Retry-After": "0"}), "llm_unreachable", 3),
+        (error(503, "overloaded"), "llm_unreachable", 3),
+        (Reply(drop=True), "llm_unreachable", 3),  # the server went away after the preflight
+        # refused for good: asking again would not help
+        (error(401, "invalid api key"), "llm_request_failed", 1),
+        (error(429, "no credit left", code="insufficient_quota"), "llm_request_failed", 1),
+        (Reply(body="<html>proxy error</html>"), "llm_request_failed", 1),  # a 200 that is not JSON
+        # answers, but garbage: one repair re-ask, then rejected
+        (completion("I cannot help with that."), "llm_invalid_answer", 2),
+        (Reply(body={"object": "chat.completion", "choices": []}), "llm_invalid_answer", 2),
+    ],
+)
+def test_a_broken_service_ends_as_systemic_rejects(fake, tmp_path, broken, reason, asked):
+    """Whatever way the server fails on every request, each utterance leaves as a reject whose
+    reason the run counts against segment.max_reject_fraction, after the retries it deserves."""
+    settings = settings_for(fake, tmp_path, batch_size=2, concurrency=1, max_retries=2)
+    fake.always = broken
+    out, rejects, stats = run_segment(settings, utterances(4), tmp_path)
+    assert out == [] and stats["in"] == 4
+    assert [r.reason for r in rejects] == [reason] * 4
+    assert reason in SYSTEMIC_REASONS
+    assert len(fake.chat_requests) == 2 * asked  # two requests of two utterances
+
+
+def test_the_preflight_refuses_what_cannot_work_and_lets_the_rest_through(fake, tmp_path, caplog):
+    """Before any work: an unreachable server, a refused key or no quota is a ConfigError; a
+    rate-limited or odd model list is not a reason to stop (the chat calls will tell)."""
+    settings = settings_for(fake, tmp_path)
+    fake.models_reply = error(429, "no credit left {auth}", code="insufficient_quota")
+    with pytest.raises(ConfigError, match="no quota left") as refused:
+        Segment(settings)
+    assert not leaked(str(refused.value))
+    for odd in (error(429, "slow down {auth}"), error(400, "what? {key}"), Reply(body="not json {key}")):
+        fake.models_reply = odd
+        Segment(settings)
+    assert "going on" in caplog.text and not leaked(caplog.text)
+    assert fake.chat_requests == []
+
+
+def test_the_segment_stage_declares_its_systemic_reasons():
+    assert SYSTEMIC_REASONS == {"llm_unreachable", "llm_request_failed", "llm_invalid_answer"}
+    assert load_settings().max_reject_fraction == 0.02
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="max_reject_fraction: must be within 0..1"):
+            load_settings({"max_reject_fraction": bad})
 
 
 def test_the_stage_accounts_for_every_utterance(fake, tmp_path):
@@ -389,31 +517,151 @@ def test_segment_batch_command(tmp_path, capsys):
     tsv.write_text(
         "id\ten\tde\n" + "".join(f"s{k}\t{en}\t{tr['de']}\n" for k, (en, tr) in enumerate(SENTENCES))
     )
+    work = tmp_path / "work"
     with FakeOpenAI() as fake:
-        config = tmp_path / "curate.yaml"
-        config.write_text(
-            json.dumps(
-                {
-                    "segment": {
-                        "llm": {
-                            "base_url": fake.base_url,
-                            "cache_path": str(tmp_path / "c.sqlite"),
-                            "batch_dir": str(tmp_path / "b"),
-                        }
-                    }
-                }
-            )
-        )
-        assert (
-            segment_batch.main(["submit", "--input", str(tsv), "--languages", "de", "--config", str(config)])
-            == 0
-        )
+        config = tmp_path / "curate.yaml"  # a curation config, read as curate reads it
+        config.write_text(json.dumps({"segment": {"llm": {"base_url": fake.base_url}}}))
+        run = ["--config", str(config), "--work-dir", str(work)]
+        assert segment_batch.main(["submit", "--input", str(tsv), "--languages", "de", *run]) == 0
         assert json.loads(capsys.readouterr().out)["utterances"] == 5
-        assert segment_batch.main(["collect", "--config", str(config)]) == 0
+        assert segment_batch.main(["collect", *run]) == 0
         assert json.loads(capsys.readouterr().out)["valid"] == 5
-    other = ["--config", str(config), "--work-dir", str(tmp_path / "other")]
-    assert segment_batch.main(["submit", "--input", str(tsv), *other]) == 2
+    # the run's work_dir holds the cache and the batch folder, as it would for curate
+    assert {p.name for p in work.iterdir()} >= {"segment_llm.sqlite", "segment_batch"}
+    assert (work / "segment_batch" / "state.json").is_file()
+    assert segment_batch.main(["submit", "--input", str(tsv), "--config", str(config),
+                               "--work-dir", str(tmp_path / "other")]) == 2
     assert "needs --languages" in capsys.readouterr().err
     assert segment_batch.main(["status", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "no config file" in capsys.readouterr().err
-    assert segment_llm.redact(f"x {KEY} y", KEY) == "x [redacted] y"
+    bare = tmp_path / "bare.yaml"  # a segment section on its own is not a curation config
+    bare.write_text(json.dumps({"llm": {"model": "m"}}))
+    assert segment_batch.main(["status", "--config", str(bare), "--work-dir", str(work)]) == 2
+    assert "unknown key(s) llm" in capsys.readouterr().err
+
+
+# -- a real curate ------------------------------------------------------------------------------
+
+
+def llm_overrides(fake, *more):
+    return [
+        "embed.enabled=false",
+        "segment.backend=llm",
+        f"segment.llm.base_url={fake.base_url}",
+        "segment.llm.requests_per_minute=null",
+        "segment.llm.backoff_s=0.01",
+        "segment.llm.backoff_max_s=0.05",
+        "segment.monotonicity.aligner=none",
+        *more,
+    ]
+
+
+def published_utterances(out, path):
+    """The offline rows of a build as segment-batch input (.jsonl): the texts the stage segmented."""
+    import datasets
+
+    ds = datasets.load_dataset(str(out), "offline")
+    with open(path, "w", encoding="utf-8") as f:
+        for split in ds:
+            for row in ds[split].remove_columns(["audio"]):
+                translations = {k: v for k, v in row["translation"].items() if v is not None}
+                f.write(json.dumps({"id": row["id"], "source_text": row["source_text"],
+                                    "translations": translations}, ensure_ascii=False) + "\n")
+    return path
+
+
+def test_the_llm_cache_lives_in_work_dir_whatever_the_cwd(demo_root, tmp_path, monkeypatch, capsys):
+    """Two curates and a segment-batch, each from its own empty folder, with one work_dir: the
+    first asks the server, the others find every answer in work_dir, and nothing is written
+    anywhere else."""
+    from conftest import curate
+
+    folders = {name: tmp_path / name for name in ("cwd1", "cwd2", "cwd3")}
+    for folder in folders.values():
+        folder.mkdir()
+    work = tmp_path / "work"
+    with FakeOpenAI() as fake:
+
+        def run(cwd, out):
+            monkeypatch.chdir(folders[cwd])
+            return curate(demo_root, tmp_path / out, langs=("de",), corpora=("mustc",), work_dir=str(work),
+                          configs=("offline", "simulmt"), overrides=llm_overrides(fake))
+
+        first = run("cwd1", "out1")
+        asked = len(fake.chat_requests)
+        assert asked > 0 and first["segment"]["llm"]["cache_hits"] == 0
+        second = run("cwd2", "out2")
+        assert len(fake.chat_requests) == asked  # no call: every answer came from work_dir
+        assert second["segment"]["llm"]["cache_hits"] == second["segment"]["utterances"]["in"] > 0
+
+        rows = published_utterances(tmp_path / "out1", tmp_path / "rows.jsonl")
+        monkeypatch.chdir(folders["cwd3"])
+        capsys.readouterr()
+        argv = ["submit", "--input", str(rows), "--work-dir", str(work), "--set", f"segment.llm.base_url={fake.base_url}"]
+        assert segment_batch.main(argv) == 0
+        assert json.loads(capsys.readouterr().out)["utterances"] == 0  # the same cache: nothing left to ask
+        assert fake.files == {}
+    assert [p for folder in folders.values() for p in folder.iterdir()] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd1", "cwd2", "cwd3", "out1", "out2", "rows.jsonl", "work"]
+    assert (work / "segment_llm.sqlite").is_file() and (work / "segment_batch" / "state.json").is_file()
+
+
+def test_the_key_never_leaks_from_a_real_curate(demo_root, tmp_path):
+    """`simulforge curate` and `segment-batch` in child processes (the HTTP client logging at
+    DEBUG) against a server that echoes the key in every way it can: nothing they print or
+    write holds a piece of it."""
+    from segment_run import run_cli
+
+    env = {"OPENAI_API_KEY": KEY}
+    debug = ("openai", "httpx2", "httpcore2")
+    work, out = tmp_path / "work", tmp_path / "out"
+    cut_mid_key = "." * (300 - len("Error code: 403 - ") - 12)  # the 300-character cut keeps 12 of the key
+    with FakeOpenAI() as fake:
+        fake.models_reply = error(429, "{auth} slow down", {"Retry-After": "0"})  # the preflight goes on
+        fake.script = [  # requests go one at a time (concurrency 1), in this order
+            error(429, "{key_split} slow down", {"Retry-After": "0", "X-Echo": "{auth}"}),
+            error(500, "{key_escaped} is busy"),
+            error(401, "{auth} is not allowed"),  # request 1: rejected
+            error(403, cut_mid_key + "{key} is not allowed here"),  # request 2: rejected
+            answer_with(put_in_first_target_chunk("{key}")),  # request 3: its first item is repaired ...
+            answer_with(drop_last_source_word),  # ... in vain
+            Reply(body="<html>{auth}</html>"),  # request 4: not JSON
+        ]
+        overrides = llm_overrides(fake, "segment.llm.batch_size=4", "segment.llm.concurrency=1",
+                                  "segment.max_reject_fraction=1.0")  # publish despite the rejects
+        argv = ["curate", "--input", demo_root, "--output", out, "--work-dir", work, "--langs", "de",
+                "--corpora", "mustc", "--set", "configs=[offline,simulmt]"]
+        for o in overrides:
+            argv += ["--set", o]
+        curated, _ = run_cli(argv, tmp_path / "seen1.json", cwd=tmp_path, env=env, debug_loggers=debug)
+        assert curated.returncode == 0, curated.stderr[-3000:]
+
+        tsv = tmp_path / "sentences.tsv"
+        tsv.write_text("id\ten\tde\n" + "".join(f"s{k}\t{en}\t{tr['de']}\n" for k, (en, tr) in enumerate(SENTENCES)))
+        fake.batch_extra = {"request_counts": {"total": "{auth}", "completed": 0, "failed": "{key_escaped}"}}
+        fake.script = [answer_with(put_in_first_target_chunk("{key}")), Reply(body="{auth}")]
+        batch = ["--work-dir", work, "--set", f"segment.llm.base_url={fake.base_url}",
+                 "--set", "segment.llm.batch_size=2"]
+        submitted, _ = run_cli(["segment-batch", "submit", "--input", tsv, "--languages", "de", *batch],
+                               tmp_path / "seen2.json", cwd=tmp_path, env=env, debug_loggers=debug)
+        collected, _ = run_cli(["segment-batch", "collect", *batch],
+                               tmp_path / "seen3.json", cwd=tmp_path, env=env, debug_loggers=debug)
+        assert submitted.returncode == collected.returncode == 0, submitted.stderr[-2000:] + collected.stderr[-2000:]
+        counts = json.loads(collected.stdout)  # 3 requests: a key in one item, a reply that is not JSON, good
+        assert (counts["valid"], counts["invalid"], counts["failed_requests"]) == (2, 1, 1)
+    assert any(KEY in a for a in fake.authorizations)  # the key travelled, so the test can bite
+
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["stages"]["segment"]["rejected"] == {"llm_request_failed": 12, "llm_invalid_answer": 1}
+    assert "X-Echo" in curated.stderr and "HTTP Request" in curated.stderr  # the DEBUG log path was taken
+    import datasets
+
+    simulmt = datasets.load_dataset(str(out), "simulmt")
+    rows = [json.dumps(row, ensure_ascii=False) for split in simulmt for row in simulmt[split]]
+    texts = {"curate stdout": curated.stdout, "curate stderr": curated.stderr,
+             "submit stdout": submitted.stdout, "submit stderr": submitted.stderr,
+             "collect stdout": collected.stdout, "collect stderr": collected.stderr,
+             **{f"simulmt row {n}": row for n, row in enumerate(rows)}, **dict(file_texts(out, work))}
+    assert {where: leaked(text) for where, text in texts.items() if leaked(text)} == {}
+    assert (out / "rejected.jsonl").read_text().count(segment_llm.REDACTED) == 8  # the echoes reached the details
+    assert {p.name for p in (work / "segment_batch").iterdir()} >= {"state.json", "items.jsonl"}

@@ -151,8 +151,15 @@ def test_no_overlap_without_overlap_probability():
     settings = simulate.load_settings(
         {"turn_taking": {"overlap_probability": 0.0, "target_overlap_ratio": None}}
     )
-    for plan in _plans(_utterances(20, speakers=3), settings):
+    utterances = _utterances(20, speakers=3)
+    plans = _plans(utterances, settings)
+    # Pairing still happens: nearly every utterance is in a conversation of two or more turns.
+    assert len({t.utterance.id for p in plans for t in p.turns}) >= len(utterances) - 2
+    for plan in plans:
         segments = plan.segments()
+        assert len(segments) == len(plan.turns) >= 2 and {t.role for t in plan.turns} == {sot.SELF, sot.OTHER}
+        # Each turn starts after the one before it has ended: a pause, never an overlap.
+        assert all(a.start_ms + a.duration_ms <= b.start_ms for a, b in pairwise(plan.turns)), plan.id
         assert sot.overlap_s(segments) == 0.0
 
 

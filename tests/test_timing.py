@@ -8,6 +8,7 @@ from simulforge.transforms.timing import (
     TimingError,
     check_chunk_times,
     chunk_end_times,
+    clamp_to_clip,
     ctm_text,
     policy_labels,
     speech_seg_sizes,
@@ -84,3 +85,14 @@ def test_textgrid_has_words_and_one_chunk_tier_per_level(tmp_path):
     assert [(e.start, e.end, e.label) for e in tg.getTier("words").entries][2] == (0.42, 0.80, "train")
     assert [(e.start, e.end) for e in tg.getTier("chunks/low").entries] == [(0, 0.42), (0.42, 0.80), (0.80, 1.52)]
     assert tg.maxTimestamp == 1.6
+
+
+def test_word_times_within_one_frame_past_the_clip_are_clamped():
+    words = [("was", 1.3, 1.9), ("late", 2.0, 3.2412)]
+    assert clamp_to_clip(words, 3.236, 0.01) == ([("was", 1.3, 1.9), ("late", 2.0, 3.236)],
+                                                 ["last word end clamped 3.2412->3.236 s"])
+    assert clamp_to_clip(words, 3.2412, 0.01) == (words, [])  # inside: nothing to do
+    assert clamp_to_clip(words, 3.236, 0.005) == (words, [])  # past one frame: left to be refused
+    zero_length = [("late", 2.0, 3.2401), ("yes", 3.2401, 3.2412)]
+    assert clamp_to_clip(zero_length, 3.236, 0.01) == ([("late", 2.0, 3.236), ("yes", 3.236, 3.236)],
+                                                       ["3 word times clamped 3.2412->3.236 s (the clip's end)"])

@@ -4,55 +4,54 @@ handful of utterances, a stopped run resumes exactly, and bad inputs stop it bef
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from test_training_data import build_published  # noqa: E402  (the fixture dataset builder)
 
+from conftest import MODEL_CONFIGS as CONFIGS  # noqa: E402
+from conftest import TINY_STEPS, train_tiny  # noqa: E402
 from simulforge.train import main  # noqa: E402
-from simulforge.training import config as C  # noqa: E402
-from simulforge.training.recipes import load_run, run  # noqa: E402
+from simulforge.training.recipes import load_run  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
-QUIET = ["train.progress=false", "train.ckpt_every=1000", "data.limit=3"]
-# Shorter than the tiny configs' own schedules: enough to overfit three utterances on a shared CPU.
-STEPS = {"bilingual": [60], "separate": [60], "unified": [60], "jstar": [30, 60], "samu": [30, 60],
-         "easist": [60, 80, 60]}
-
-
-@pytest.fixture(scope="module")
-def published(tmp_path_factory):
-    return build_published(tmp_path_factory.mktemp("published"))
+# The family and model each tiny config must build (decoder_mode for the wait-k family).
+BUILDS = {"bilingual": ("waitk", "WaitkST", "single"), "separate": ("waitk", "WaitkST", "separate"),
+          "unified": ("waitk", "WaitkST", "unified"), "jstar": ("jstar", "Jstar", None),
+          "samu": ("samu", "Samu", None), "easist": ("easist", "Easist", None)}
 
 
 def _events(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
-def _run(name: str, data: str, out: Path, extra=(), **kwargs):
-    steps = [f"stages.{i}.steps={s}" for i, s in enumerate(STEPS[name])]
-    cfg, _ = C.load(CONFIGS / f"{name}_tiny.yaml", QUIET + steps + list(extra))
-    return run(cfg, data, out, echo=False, **kwargs)
+_run = train_tiny
 
 
-@pytest.mark.parametrize("name", list(STEPS))
-def test_each_tiny_config_overfits_a_handful_of_utterances(name, published, tmp_path):
-    summaries = _run(name, published, tmp_path / name)
+@pytest.mark.parametrize("name", list(TINY_STEPS))
+def test_each_tiny_config_overfits_a_handful_of_utterances(name, tiny_runs):
+    summaries, run_dir = tiny_runs(name), tiny_runs.root / name
+    stages = [s["name"] for s in yaml.safe_load((CONFIGS / f"{name}_tiny.yaml").read_text())["stages"]]
+    assert list(summaries) == stages
     for stage, s in summaries.items():
         assert s["final_loss"] < s["first_loss"], (stage, s)
-    last = summaries[list(summaries)[-1]]
+    last = summaries[stages[-1]]
     assert last["final_loss"] < 0.3 * last["first_loss"], summaries
-    losses = [e["loss"] for e in _events(tmp_path / name) if "loss" in e and e.get("stage") == list(summaries)[-1]]
+    losses = [e["loss"] for e in _events(run_dir) if "loss" in e and e.get("stage") == stages[-1]]
     assert losses[-1] < losses[0]
-    model, tok, info = load_run(tmp_path / name)
-    assert info["family"] in {"waitk", "jstar", "samu", "easist"} and tok.vocab_size > 10
-    assert (tmp_path / name / "tokenizer.model").is_file()
+    model, tok, info = load_run(run_dir)
+    family, model_class, decoder_mode = BUILDS[name]
+    assert info["family"] == family and type(model).__name__ == model_class, (info["family"], type(model))
+    if decoder_mode is not None:
+        assert model.cfg.decoder_mode == decoder_mode
+    assert tok.vocab_size > 10 and (run_dir / "tokenizer.model").is_file()
 
 
 def test_a_stopped_run_resumes_exactly(published, tmp_path):
@@ -91,6 +90,26 @@ def test_the_command_line_trains_and_reports(published, tmp_path, capsys):
     assert (tmp_path / "cli" / "model.pt").is_file()
     valid = [e for e in _events(tmp_path / "cli") if "valid_loss" in e]  # every 2 steps, and at the end
     assert [e.get("step", e.get("steps")) for e in valid] == [2, 4] and all(e["valid_loss"] > 0 for e in valid)
+
+
+def test_the_audio_settings_are_the_data_s_unless_the_config_sets_them(tiny_runs, tmp_path, capsys):
+    # jstar_tiny leaves model.channels and data.sampling_rate null: the fixture's 2-mic 16 kHz conversations.
+    tiny_runs("jstar")
+    info = yaml.safe_load((tiny_runs.root / "jstar" / "run.yaml").read_text())
+    assert (info["model"]["channels"], info["data"]["sampling_rate"]) == (2, 16000)
+    # Audio published at 8 kHz trains at 8 kHz, or is resampled to a rate the config sets.
+    (tmp_path / "at8k").mkdir()
+    data = build_published(tmp_path / "at8k", rate=8000, drop_configs=("simulst", "simulmt"))
+    for out, extra, rate in [("native", [], 8000), ("resampled", ["data.sampling_rate=16000"], 16000)]:
+        summary = _run("bilingual", data, tmp_path / out, ["stages.0.steps=2", *extra])["st"]
+        assert yaml.safe_load((tmp_path / out / "run.yaml").read_text())["data"]["sampling_rate"] == rate
+        assert math.isfinite(summary["final_loss"])
+    # A channel count the config gives must be the audio's.
+    out = tmp_path / "run"
+    _fails(["--config", str(CONFIGS / "jstar_tiny.yaml"), "--data", tiny_runs.data, "--out", str(out),
+            "--set", "model.channels=7"], capsys, "stages.joint.options: the audio of dataset config "
+           "'conversations' split 'train' has 2 channel(s) but model.channels is 7 (leave it null to take the "
+           "dataset's)", out)
 
 
 # -- bad input: a clear error before training starts ----------------------------------------------

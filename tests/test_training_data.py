@@ -1,7 +1,8 @@
 """Training data: a tiny published dataset (all four configs) built here, loaded back through
 `datasets`, log-mel features, bucketing, tokenizers with special tokens.
 
-`build_published` is also used by the other training tests (imported from this module).
+`build_published` is also used by the other training tests (imported from this module); conftest's
+session fixture `published` builds it once.
 """
 
 from __future__ import annotations
@@ -41,29 +42,29 @@ SENTENCES = [
 SELF, OTHER = "<SELF>", "<OTHER>"
 
 
-def speak(text: str, voice: str = "en") -> np.ndarray:
-    """espeak-ng -> float32 mono at 16 kHz (a tone sweep if espeak-ng is missing)."""
-    if shutil.which("espeak-ng"):
-        wav = subprocess.run(["espeak-ng", "-v", voice, "-s", "190", "--stdout", text], check=True,
-                             capture_output=True).stdout
-        import io
+def speak(text: str, voice: str = "en", rate: int = RATE) -> np.ndarray:
+    """espeak-ng -> float32 mono at `rate` (16 kHz). Without espeak-ng the tests that need speech skip: a tone
+    passed off as speech would let them pass on nothing."""
+    if not shutil.which("espeak-ng"):
+        pytest.skip("espeak-ng is not installed (make setup installs it): no speech to build the dataset from")
+    wav = subprocess.run(["espeak-ng", "-v", voice, "-s", "190", "--stdout", text], check=True,
+                         capture_output=True).stdout
+    import io
 
-        import soundfile as sf
+    import soundfile as sf
 
-        samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
-        return resample_poly(samples, RATE // 50, rate // 50).astype(np.float32)
-    t = np.arange(int(0.12 * RATE * len(text.split()))) / RATE
-    return (0.3 * np.sin(2 * np.pi * (200 + 40 * len(text)) * t)).astype(np.float32)
+    samples, own = sf.read(io.BytesIO(wav), dtype="float32")
+    return resample_poly(samples, rate // 50, own // 50).astype(np.float32)
 
 
-def _utterances():
+def _utterances(rate: int = RATE):
     from simulforge.transforms.audio import encode_flac
     from simulforge.transforms.records import AudioRef, Segmentation, Utterance
 
     utts = []
     for i, (src, de, es) in enumerate(SENTENCES):
-        samples = speak(" ".join(src))
-        duration = len(samples) / RATE
+        samples = speak(" ".join(src), rate=rate)
+        duration = len(samples) / rate
         rng = np.random.default_rng(i)
         emb = rng.standard_normal(384).astype(np.float32)
         segs = {
@@ -78,7 +79,7 @@ def _utterances():
         utts.append(Utterance(
             id=f"demo/utt_{i}", corpus="demo", split="train", audio=AudioRef(f"utt_{i}.wav"), speaker=f"spk{i % 2}",
             source_lang="en", source_text=" ".join(src), translations=translations, duration_s=duration,
-            flac=encode_flac(samples, RATE), segmentations=segs, embedding=(emb / np.linalg.norm(emb)).tolist()))
+            flac=encode_flac(samples, rate), segmentations=segs, embedding=(emb / np.linalg.norm(emb)).tolist()))
     return utts
 
 
@@ -99,14 +100,15 @@ def _timed(utt):
     return utt.replace(timing=Timing(words=timed, chunk_end_s=ends))
 
 
-def simulst_rows_of(utts) -> tuple[datasets.Features, list[dict]]:
+def simulst_rows_of(utts, rate: int = RATE) -> tuple[datasets.Features, list[dict]]:
     from simulforge.transforms.simulst_rows import row, simulst_features
 
-    features = simulst_features(LANGS, LEVELS, RATE, 384)
-    return features, [row(_timed(u), LANGS, LEVELS, block_samples=BLOCK_SAMPLES, sampling_rate=RATE) for u in utts]
+    features = simulst_features(LANGS, LEVELS, rate, 384)
+    block = BLOCK_SAMPLES * rate // RATE  # 960 ms at any rate
+    return features, [row(_timed(u), LANGS, LEVELS, block_samples=block, sampling_rate=rate) for u in utts]
 
 
-def _conversations(utts):
+def _conversations(utts, rate: int = RATE):
     from simulforge.transforms.conversations_rows import conversation_features, row
     from simulforge.transforms.records import Conversation
     from simulforge.transforms.simulate import _flac
@@ -118,25 +120,25 @@ def _conversations(utts):
         a, b = utts[2 * k], utts[2 * k + 1]
         sa, _ = D_decode(a.flac)
         sb, _ = D_decode(b.flac)
-        gap = int(0.2 * RATE)
+        gap = int(0.2 * rate)
         n = len(sa) + gap + len(sb)
         channels = np.zeros((2, n), np.float32)
         channels[0, : len(sa)] += sa
         channels[1, : len(sa)] += 0.4 * sa
         channels[0, len(sa) + gap:] += 0.4 * sb
         channels[1, len(sa) + gap:] += sb
-        a_ms, b_ms = round(1000 * len(sa) / RATE), round(1000 * len(sb) / RATE)
+        a_ms, b_ms = round(1000 * len(sa) / rate), round(1000 * len(sb) / rate)
         table = segment_table([("SELF", 0, a_ms, a), ("OTHER", a_ms + 200, a_ms + 200 + b_ms, b)])
         conv = Conversation(
-            id=f"conv_{k}", split="train", channels=2, sampling_rate=RATE,
+            id=f"conv_{k}", split="train", channels=2, sampling_rate=rate,
             room={"index": k, "array": "pair", "dims_m": [4.0, 5.0, 3.0], "rt60_s": 0.3, "absorption": 0.3,
                   "max_order": 3, "mic_positions_m": [[1.0, 1.0, 1.5], [1.2, 1.0, 1.5]],
                   "source_positions_m": {"self": [1.1, 1.2, 1.6], "other": [3.0, 4.0, 1.6]}, "snr_db": 20.0,
                   "channel_names": ["left", "right"]},
             segments=table, sot_text=sot_text(table, tokens), sot_translations=sot_translations(table, tokens),
-            flac=_flac(channels, RATE))
+            flac=_flac(channels, rate))
         rows.append(row(conv, LANGS))
-    return rows, conversation_features(LANGS, RATE)
+    return rows, conversation_features(LANGS, rate)
 
 
 def D_decode(flac: bytes):
@@ -145,16 +147,17 @@ def D_decode(flac: bytes):
     return decode_flac(flac)
 
 
-def build_published(root, *, embedding: bool = True, drop_configs=()) -> str:
-    """A dataset folder in the published layout with offline, simulst, simulmt and conversations."""
+def build_published(root, *, embedding: bool = True, drop_configs=(), rate: int = RATE) -> str:
+    """A dataset folder in the published layout with offline, simulst, simulmt and conversations,
+    its audio at `rate`."""
     from simulforge.transforms.publish import offline_features, offline_row
     from simulforge.transforms.simulmt import simulmt_features, simulmt_rows
 
-    utts = _utterances()
-    conv_rows, conv_features = _conversations(utts)
+    utts = _utterances(rate)
+    conv_rows, conv_features = _conversations(utts, rate)
     configs = {
-        "offline": (offline_features(LANGS, RATE, 384 if embedding else None), [offline_row(u, LANGS) for u in utts]),
-        "simulst": simulst_rows_of(utts),
+        "offline": (offline_features(LANGS, rate, 384 if embedding else None), [offline_row(u, LANGS) for u in utts]),
+        "simulst": simulst_rows_of(utts, rate),
         "simulmt": (simulmt_features(LANGS), [r for u in utts for r in simulmt_rows(u, LANGS)]),
         "conversations": (conv_features, conv_rows),
     }
@@ -175,11 +178,6 @@ def build_published(root, *, embedding: bool = True, drop_configs=()) -> str:
         card["dataset_info"].append({"config_name": name, "features": features._to_yaml_list()})
     (root / "README.md").write_text(f"---\n{yaml.safe_dump(card, sort_keys=False, allow_unicode=True)}---\n# tiny\n")
     return str(root)
-
-
-@pytest.fixture(scope="module")
-def published(tmp_path_factory):
-    return build_published(tmp_path_factory.mktemp("published"))
 
 
 # -- tests ------------------------------------------------------------------------------------
@@ -211,6 +209,19 @@ def test_features_are_computed_once_and_cached(published, tmp_path):
     assert again.cache_files and again.cache_files[0]["filename"] == first.cache_files[0]["filename"]
     conv = D.add_features(D.open_split(published, "conversations", "train", str(tmp_path)), RATE, 80, mono=False)
     assert conv.features["features"].shape == (None, 160)
+    conv_split = D.open_split(published, "conversations", "train")
+    assert (D.audio_channels(conv_split), D.audio_rate(conv_split)) == (2, RATE)
+
+
+def test_a_row_with_other_microphones_is_named():
+    from simulforge.transforms.simulate import _flac
+
+    noise = np.random.default_rng(0).standard_normal((3, RATE // 2)).astype(np.float32) * 0.1
+    ds = datasets.Dataset.from_dict({"id": ["pair", "triple"], "audio": [{"bytes": _flac(noise[:2], RATE)},
+                                                                          {"bytes": _flac(noise, RATE)}]})
+    ds = ds.cast_column("audio", datasets.Audio(sampling_rate=RATE))
+    with pytest.raises(ConfigError, match=r"triple: the audio has 3 channel\(s\), the first row 2"):
+        D.add_features(ds, RATE, 80, mono=False)
 
 
 def test_bucketing_is_deterministic_and_respects_the_frame_budget():
@@ -228,6 +239,12 @@ def test_missing_config_split_and_column_are_named(published, tmp_path):
         D.open_split(published, "nope", "train", str(tmp_path))
     with pytest.raises(ConfigError, match="no split 'dev'"):
         D.open_split(published, "offline", "dev", str(tmp_path))
+    with pytest.raises(ConfigError, match="no split 'dev'"):
+        D.open_split(published, "offline", "dev[:2]", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"split 'train\[x:\]': Unrecognized instruction format"):
+        D.open_split(published, "offline", "train[x:]", str(tmp_path))
+    last = D.open_split(published, "offline", "train[-2:]", str(tmp_path))  # datasets' slicing
+    assert list(last["id"]) == ["demo/utt_4", "demo/utt_5"]
     ds = D.open_split(published, "offline", "train", str(tmp_path))
     with pytest.raises(ConfigError, match="lacks column.*translation.fr"):
         D.check_columns(ds, ["audio", "translation.fr"], "stages.st")

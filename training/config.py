@@ -21,7 +21,7 @@ ConfigError = settings.ConfigError
 
 @dataclass
 class DataConfig:
-    sampling_rate: int = 16000
+    sampling_rate: int | None = None  # None: the published audio's rate; a number: resample to it
     n_mels: int = 80
     train_split: str = "train"
     valid_split: str | None = None

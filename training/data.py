@@ -1,8 +1,10 @@
 """The published dataset as training batches, through `datasets` only (DESIGN.md §5).
 
-- `open_split` loads one config/split with `datasets.load_dataset` and refuses, with the
-  configs or splits that do exist, a config or split the dataset lacks; `check_columns` does
-  the same for (dotted) columns, e.g. `translation.de`.
+- `open_split` loads one config/split (or a slice of one, `train[:100]`) with
+  `datasets.load_dataset` and refuses, with the configs or splits that do exist, a config or
+  split the dataset lacks; `check_columns` does the same for (dotted) columns, e.g. `translation.de`.
+- `audio_rate` and `audio_channels` read what the published audio is (its feature's sampling
+  rate, the first file's channel count), so a config can leave both to the data.
 - `add_features` decodes the audio and computes 80-dim log-mel features with torch only
   (25 ms Hann window, 10 ms hop, HTK mel scale), all channels kept side by side as (T, C*80);
   `datasets` caches the result (keyed by the data's fingerprint and these parameters), so a
@@ -41,9 +43,15 @@ def open_split(data: str, config: str, split: str, cache_dir: str | None = None,
         raise ConfigError(f"dataset {data} has no config {config!r}; it has: {', '.join(configs)}")
     builder = datasets.load_dataset_builder(data, config, cache_dir=cache_dir)
     splits = list((builder.config.data_files or {}).keys())
-    if splits and split not in splits:
-        raise ConfigError(f"dataset {data} config {config!r} has no split {split!r}; it has: {', '.join(splits)}")
-    ds = datasets.load_dataset(data, config, split=split, cache_dir=cache_dir)
+    name = split.split("[", 1)[0]  # `datasets` slicing: train[:100], train[-3:], train[10%:20%]
+    if splits and name not in splits:
+        raise ConfigError(f"dataset {data} config {config!r} has no split {name!r}; it has: {', '.join(splits)}")
+    try:
+        ds = datasets.load_dataset(data, config, split=split, cache_dir=cache_dir)
+    except ValueError as e:
+        if split == name:
+            raise
+        raise ConfigError(f"split {split!r}: {e}") from None
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     return ds
@@ -102,25 +110,44 @@ def log_mel(wave: torch.Tensor, sample_rate: int = 16000, n_mels: int = 80) -> t
     return (power @ mel_filterbank(n_fft, n_mels, sample_rate)).clamp_min(1e-10).log()
 
 
-def _features_of(row: dict, sample_rate: int, n_mels: int) -> dict:
+def audio_rate(ds) -> int:
+    """The sampling rate `datasets` decodes the audio at: the published `Audio` feature's (else the first file's)."""
+    rate = getattr(ds.features.get("audio"), "sampling_rate", None)
+    return int(rate or ds[0]["audio"].metadata.sample_rate)
+
+
+def audio_channels(ds) -> int:
+    """The channel count of the first row's audio file (read from its header, nothing decoded)."""
+    import datasets
+
+    first = ds.select(range(1)).cast_column("audio", datasets.Audio(num_channels=None))[0]["audio"]
+    return int(first.metadata.num_channels)
+
+
+def _features_of(row: dict, sample_rate: int, n_mels: int, channels: int) -> dict:
     samples = row["audio"].get_all_samples()
     if samples.sample_rate != sample_rate:
         raise ValueError(f"{row.get('id')}: decoded at {samples.sample_rate} Hz, expected {sample_rate}")
+    if samples.data.shape[0] != channels:  # one feature width per dataset: a row with other microphones is named
+        raise ConfigError(f"{row.get('id')}: the audio has {samples.data.shape[0]} channel(s), the first row "
+                          f"{channels}")
     feats = log_mel(samples.data, sample_rate, n_mels)  # (C, T, F)
     return {"features": feats.transpose(0, 1).reshape(feats.shape[1], -1).numpy(), "n_frames": feats.shape[1]}
 
 
 def add_features(ds, sample_rate: int, n_mels: int, mono: bool, num_proc: int | None = None):
-    """The dataset with `features` (T, C*n_mels) float32 and `n_frames`, without `audio`; cached by datasets."""
+    """The dataset with `features` (T, C*n_mels) float32 and `n_frames`, without `audio`; cached by datasets.
+
+    The audio is decoded at `sample_rate` (resampled by `datasets` when published at another rate)."""
     import datasets
 
+    channels = 1 if mono else audio_channels(ds)
     ds = ds.cast_column("audio", datasets.Audio(sampling_rate=sample_rate, num_channels=1 if mono else None))
-    channels = 1 if mono else int(ds[0]["audio"].get_all_samples().data.shape[0])
     features = datasets.Features({k: v for k, v in ds.features.items() if k != "audio"})
     features["features"] = datasets.Array2D(shape=(None, channels * n_mels), dtype="float32")
     features["n_frames"] = datasets.Value("int32")
-    return ds.map(_features_of, fn_kwargs={"sample_rate": sample_rate, "n_mels": n_mels}, remove_columns=["audio"],
-                  features=features, num_proc=num_proc, desc=f"log-mel x{channels}")
+    return ds.map(_features_of, fn_kwargs={"sample_rate": sample_rate, "n_mels": n_mels, "channels": channels},
+                  remove_columns=["audio"], features=features, num_proc=num_proc, desc=f"log-mel x{channels}")
 
 
 def feature_stats(ds, max_rows: int = 500) -> tuple[torch.Tensor, torch.Tensor]:

@@ -112,15 +112,24 @@ def _open(data: str, stage: StageConfig, task: Task, split: str, cfg: RunConfig,
     ds = D.open_split(data, stage.config, split, cache_dir, cfg.data.limit)
     D.check_columns(ds, task.columns(), where)
     task.check_features(ds.features)
+    task.fit_to_data(ds, f"dataset config {stage.config!r} split {split!r}")
     return ds
+
+
+def _sampling_rate(cfg: RunConfig, tasks: list[Task]) -> int:
+    """data.sampling_rate, or when null the published audio's (one rate for every config the stages read)."""
+    rates = {t.rate for t in tasks if t.needs_audio}
+    if cfg.data.sampling_rate is not None:
+        return cfg.data.sampling_rate  # the audio is resampled to it
+    if len(rates) > 1:
+        raise ConfigError(f"data.sampling_rate: the stages' audio is published at {sorted(rates)} Hz; set one rate")
+    return rates.pop() if rates else 16000  # text-only runs: the rate an audio stage would default to
 
 
 def _materialize(ds, task: Task, cfg: RunConfig, stage: StageConfig):
     """Features (audio tasks, cached by datasets), then the rows the task keeps."""
     if task.needs_audio:
         ds = D.add_features(ds, cfg.data.sampling_rate, cfg.data.n_mels, task.mono, cfg.data.num_proc)
-        if hasattr(task, "check_width"):
-            task.check_width(ds.features)
     elif "audio" in ds.column_names:
         ds = ds.remove_columns(["audio"])
     plain = ds.remove_columns([c for c in ("features",) if c in ds.column_names])
@@ -218,6 +227,7 @@ def run(cfg: RunConfig, data: str, out: str | Path, only_stage: str | None = Non
                _open(data, s, t, cfg.data.valid_split, cfg, cache_dir) if cfg.data.valid_split else None)
               for s, t in zip(cfg.stages, tasks, strict=True)]
 
+    cfg.data.sampling_rate = _sampling_rate(cfg, tasks)
     specials = list(dict.fromkeys(_specials(cfg.family, model_cfg) + [s for t in tasks for s in t.specials()]))
 
     def texts():

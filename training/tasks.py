@@ -41,6 +41,7 @@ class Task:
         self.model_cfg, self.where = model_cfg, where
         self.tok = None  # set once the tokenizer exists
         self.mono = True
+        self.rate = None  # the published audio's sampling rate (fit_to_data)
 
     def columns(self) -> list[str]:
         return []
@@ -54,6 +55,13 @@ class Task:
 
     def check_features(self, features) -> None:
         """Checks beyond column presence (widths, nested fields); raise ConfigError."""
+
+    def fit_to_data(self, ds, source: str) -> None:
+        """What the model takes from the dataset (`source` names it in errors): here the audio's rate."""
+        if self.needs_audio:
+            from .data import audio_rate
+
+            self.rate = audio_rate(ds)
 
     def specials(self) -> list[str]:
         return []
@@ -186,9 +194,24 @@ class JointTask(Task):
     def __init__(self, options, model_cfg, where):
         super().__init__(options, model_cfg, where)
         self.mono = model_cfg.channels == 1
+        self.channels_from = None  # the data model.channels was taken from, when the config left it null
 
     def columns(self):
         return ["audio", self.opts.transcript, f"{self.opts.translation}.{self.opts.language}"]
+
+    def fit_to_data(self, ds, source: str) -> None:
+        """model.channels left null takes the audio's channel count; a count given must be the audio's."""
+        from .data import audio_channels
+
+        super().fit_to_data(ds, source)
+        found = audio_channels(ds)
+        if self.model_cfg.channels is None:
+            self.model_cfg.channels, self.channels_from = found, f"taken from the {source}"
+        elif self.model_cfg.channels != found:
+            given = self.channels_from or "leave it null to take the dataset's"
+            raise ConfigError(f"{self.where}: the audio of {source} has {found} channel(s) but model.channels is "
+                              f"{self.model_cfg.channels} ({given})")
+        self.mono = found == 1
 
     def text_columns(self):
         return self.columns()[1:]
@@ -198,13 +221,6 @@ class JointTask(Task):
 
     def keep(self, row):
         return bool(get(row, self.opts.transcript)) and bool(get(row, f"{self.opts.translation}.{self.opts.language}"))
-
-    def check_width(self, features) -> None:
-        """After feature extraction: the audio's channel count must be the model's."""
-        width = features["features"].shape[1]
-        if width != self.model_cfg.channels * self.model_cfg.fast.n_mels:
-            raise ConfigError(f"{self.where}: the audio has {width // self.model_cfg.fast.n_mels} channel(s) but "
-                              f"model.channels is {self.model_cfg.channels}")
 
     def collate(self, rows, variants):
         feats, lengths = _feats(rows)
@@ -399,7 +415,7 @@ class EasistSftTask(_EasistTask):
         layouts = []
         for i, (row, lang) in enumerate(zip(rows, variants, strict=True)):
             total = self.blocks(int(lengths[i]))
-            levels = chunks(row, lang, self.opts.levels, self.model_cfg.encoder.block_frames)
+            levels = chunks(row, lang, self.opts.levels, self.model_cfg.encoder.block_frames, self.rate)
             for level in levels.values():
                 pieces, read = [self.prompt(lang)], 0
                 for chunk in level:

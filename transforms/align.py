@@ -31,14 +31,25 @@ from . import files
 from .aligners import Aligned, AlignFailure, Clip, batch_size, make_backend
 from .aligners.features import FeatureSettings
 from .aligners.gmm import GmmSettings
-from .aligners.mfa import MfaSettings, missing_reason
+from .aligners.mfa import MfaSettings, frame_shift_s, missing_reason
 from .audio import clip_bytes, decode_flac
 from .records import Reject, Stat, Timing, Utterance
 from .settings import ConfigError, load_stage
 from .stage import STATS, run_stage
-from .timing import TimingError, check_chunk_times, chunk_end_times, ctm_text, spoken_words, textgrid_text
+from .timing import (
+    TimingError,
+    check_chunk_times,
+    chunk_end_times,
+    clamp_to_clip,
+    ctm_text,
+    spoken_words,
+    textgrid_text,
+)
 
 STAGE = "align"
+# Reject reasons that mean the aligner, not the clip, failed (counted against max_reject_fraction):
+# no model could be trained or found, or the backend is not installed.
+SYSTEMIC_REASONS = frozenset({"no_model", "aligner_missing"})
 ERROR_BUCKET_MS = 5  # width of the boundary-error histogram's buckets (for p50 / p90)
 ERROR_BUCKETS = 200  # the last bucket holds every error of 995 ms and more
 
@@ -55,8 +66,11 @@ class ForcedAlignSettings:
     features: FeatureSettings
     gmm: GmmSettings
     mfa: MfaSettings
+    max_reject_fraction: float  # of the stage's input, for SYSTEMIC_REASONS, before the run fails
 
     def validate(self, where: str) -> None:
+        if not 0 <= self.max_reject_fraction <= 1:
+            raise ConfigError(f"{where}.max_reject_fraction: must be within 0..1, got {self.max_reject_fraction}")
         if self.block_samples < 1:
             raise ConfigError(f"{where}.block_samples: must be at least 1, got {self.block_samples}")
         if not self.train_minutes > 0 or not all(v > 0 for v in self.train_minutes_by_lang.values()):
@@ -81,6 +95,11 @@ def to_clip(utt: Utterance) -> Clip:
     except (OSError, RuntimeError) as e:  # soundfile's errors are RuntimeErrors
         raise AlignFailure("unreadable_audio", f"{utt.audio.path}: {e}") from None
     return Clip(utt.id, samples, rate, spoken_words(utt.source_text), utt.speaker)
+
+
+def analysis_frame_s(s: ForcedAlignSettings) -> float:
+    """The backend's frame step: its word times fall on this grid (see timing.clamp_to_clip)."""
+    return frame_shift_s(s.mfa) if s.backend == "mfa" else s.features.frame_shift_ms / 1000
 
 
 def timing_of(utt: Utterance, words: list[tuple[str, float, float]]) -> Timing:
@@ -133,8 +152,9 @@ class Outcome:
 
 
 def finish(element: tuple[Utterance, Outcome], truth: dict[str, list] | None,
-           side_dir: str | None) -> Iterator[Utterance | Reject | Stat]:
-    """Stage function: the aligned utterance with its Timing, or a Reject."""
+           side_dir: str | None, frame_s: float = 0.0) -> Iterator[Utterance | Reject | Stat]:
+    """Stage function: the aligned utterance with its Timing, or a Reject. Word times within
+    `frame_s` (the aligner's frame) past the clip's end are clamped to it, and that is recorded."""
     utt, outcome = element
     yield Stat(STAGE, "audio_s", utt.duration_s or 0.0)
     yield Stat(STAGE, "aligner/cpu_s", outcome.cpu_s)
@@ -144,8 +164,9 @@ def finish(element: tuple[Utterance, Outcome], truth: dict[str, list] | None,
     yield Stat(STAGE, "aligner/audio_s", utt.duration_s)
     if outcome.result.retried:
         yield Stat(STAGE, "aligner/retried")
+    words, fixes = clamp_to_clip(outcome.result.words, utt.duration_s, frame_s)
     try:
-        timing = timing_of(utt, outcome.result.words)
+        timing = timing_of(utt, words)
     except TimingError as e:
         yield Reject(utt.id, STAGE, e.reason, e.detail, utt.where)
         return
@@ -162,7 +183,7 @@ def finish(element: tuple[Utterance, Outcome], truth: dict[str, list] | None,
             if path is not None:
                 with files.open_write(path) as f:
                     f.write(text.encode("utf-8"))
-    yield utt.replace(timing=timing)
+    yield utt.replace(timing=timing, fixes=[*utt.fixes, *fixes])
 
 
 def read_truth(path: str) -> dict[str, list]:
@@ -309,12 +330,13 @@ class _Finish:
 
     def __init__(self, settings: ForcedAlignSettings):
         self.truth_path, self.side_dir = settings.truth, settings.side_outputs
+        self.frame_s = analysis_frame_s(settings)
 
     def setup(self) -> dict[str, list] | None:
         return read_truth(self.truth_path) if self.truth_path else None
 
     def __call__(self, element, truth):
-        return finish(element, truth, self.side_dir)
+        return finish(element, truth, self.side_dir, self.frame_s)
 
 
 class Align(beam.PTransform):

@@ -43,6 +43,8 @@ from .settings import ConfigError, load_stage
 from .stage import OUT, REJECTS, STATS
 
 STAGE = "embed"
+# Reject reasons that mean the teacher, not the text, failed (counted against max_reject_fraction).
+SYSTEMIC_REASONS = frozenset({"bad_embedding"})
 E5_PREFIXES = ("query: ", "passage: ")
 
 
@@ -56,8 +58,11 @@ class EmbedSettings:
     embed_translations: bool
     threads: int | None
     cache_size: int
+    max_reject_fraction: float  # of the stage's input, for SYSTEMIC_REASONS, before the run fails
 
     def validate(self, where: str) -> None:
+        if not 0 <= self.max_reject_fraction <= 1:
+            raise ConfigError(f"{where}.max_reject_fraction: must be within 0..1, got {self.max_reject_fraction}")
         if self.teacher not in TEACHERS:
             raise ConfigError(f"{where}.teacher: unknown teacher {self.teacher!r}; known: {', '.join(TEACHERS)}")
         if self.batch_size < 1:

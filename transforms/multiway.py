@@ -74,7 +74,10 @@ def merge(key: str, clips: Iterable[Utterance], translations: Iterable[Translati
         yield Stat(STAGE, f"coverage/{first.corpus}/clips")
         for lang in kept:
             yield Stat(STAGE, f"coverage/{first.corpus}/{lang}")
-        yield first.replace(translations=kept)
+        # What the readers changed in the texts kept, from every part (deduplicated, in order).
+        fixes = [f for part in accepted for f in part.fixes]
+        fixes += [f for t in translations if kept.get(t.lang) == t.text for f in t.fixes]
+        yield first.replace(translations=kept, fixes=list(dict.fromkeys(fixes)))
 
 
 def _disagreement(a: Utterance, b: Utterance) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import files
-from .audio import clip_bytes
+from .audio import clip_bytes, clip_name
 from .records import Stat, Utterance
 
 # An Arrow record batch ends at this many rows or this many bytes of audio, whichever comes first:
@@ -37,7 +38,7 @@ def offline_features(langs: list[str], sampling_rate: int, embedding_dim: int | 
         "source_lang": datasets.Value("string"),
         "source_text": datasets.Value("string"),
         "translation": {lang: datasets.Value("string") for lang in langs},
-        "audio_fixes": datasets.List(datasets.Value("string")),
+        "fixes": datasets.List(datasets.Value("string")),  # every change made to what the corpus shipped
     }
     if embedding_dim:
         features["embedding"] = datasets.List(datasets.Value("float32"), length=embedding_dim)
@@ -48,21 +49,47 @@ def offline_row(utt: Utterance, langs: list[str]) -> dict[str, Any]:
     row = {
         "id": utt.id,
         "corpus": utt.corpus,
-        "audio": {"bytes": clip_bytes(utt), "path": utt.id.replace("/", "_") + ".flac"},
+        "audio": {"bytes": clip_bytes(utt), "path": clip_name(utt.id)},
         "duration": utt.duration_s,
         "speaker": utt.speaker,
         "source_lang": utt.source_lang,
         "source_text": utt.source_text,
         "translation": {lang: utt.translations.get(lang) for lang in langs},
-        "audio_fixes": list(utt.audio_fixes),
+        "fixes": list(utt.fixes),
     }
     if utt.embedding is not None:
         row["embedding"] = utt.embedding
     return row
 
 
-def shard_name(config: str, split: str, index: int, count: int) -> str:
-    return f"data/{config}/{split}-{index:05d}-of-{count:05d}.parquet"
+# The one place shard names are made and read: `data/<config>/<split>-NNNNN-of-MMMMM[-<build>].parquet`.
+# A published shard carries its build id, so two builds' shards can lie side by side during a swap.
+SHARD = re.compile(r"^data/(?P<config>[^/]+)/(?P<split>[^/]+?)-(?P<index>\d{5})-of-(?P<count>\d{5})"
+                   r"(?:-(?P<build>[0-9a-f]{16}))?\.parquet$")
+
+
+def shard_name(config: str, split: str, index: int, count: int, build: str | None = None) -> str:
+    tag = f"-{build}" if build else ""
+    return f"data/{config}/{split}-{index:05d}-of-{count:05d}{tag}.parquet"
+
+
+def shard_pattern(config: str, split: str, build: str) -> str:
+    """The card's `data_files` glob for one split of one build."""
+    return f"data/{config}/{split}-*-of-*-{build}.parquet"
+
+
+def parse_shard(path: str) -> re.Match | None:
+    """The parts of a shard's name (config, split, index, count, build), wherever its folder is;
+    None if `path` is not a shard."""
+    return SHARD.match("data/" + "/".join(path.replace("\\", "/").rsplit("/", 2)[-2:]))
+
+
+def untagged(path: str) -> str:
+    """`data/<config>/<split>-NNNNN-of-MMMMM.parquet` of a shard: its name without the build id."""
+    m = parse_shard(path)
+    if m is None:
+        raise ValueError(f"{path} is not named data/<config>/<split>-NNNNN-of-MMMMM[-<build>].parquet")
+    return shard_name(m["config"], m["split"], int(m["index"]), int(m["count"]))
 
 
 def shard_count(records: int, num_shards: int, records_per_shard: int) -> int:

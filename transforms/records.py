@@ -4,7 +4,8 @@ Records are plain dataclasses: Beam pickles them between workers, unit tests bui
 by hand, and `to_dict` gives the JSON-able form used for rejects and side files.
 An `Utterance` grows as it passes the stages (like a lhotse cut gaining supervisions):
 the audio stage points `audio` at the normalised FLAC clip, segment adds `segmentations`,
-align adds `timing`, embed adds `embedding`.
+align adds `timing`, embed adds `embedding`; any stage that changes what the corpus
+shipped says so in `fixes`.
 """
 
 from __future__ import annotations
@@ -56,10 +57,12 @@ class Utterance:
     source_text: str
     translations: dict[str, str] = field(default_factory=dict)
     where: str = ""  # provenance in the input ("en-de/data/train/txt/train.yaml:12")
+    # Every change made (by the readers, audio and align) to what the corpus shipped, published as
+    # `fixes`: "source text normalised to NFC", "resampled 48000->16000", "last word end clamped 3.241->3.236 s".
+    fixes: list[str] = field(default_factory=list)
     # Filled by later stages.
     duration_s: float | None = None
     flac: bytes | None = None  # the clip in memory (mono FLAC at the dataset rate); else audio.path holds it
-    audio_fixes: list[str] = field(default_factory=list)  # e.g. ["resampled 48000->16000", "downmixed 2->1"]
     segmentations: dict[str, Segmentation] = field(default_factory=dict)
     timing: Timing | None = None
     embedding: list[float] | None = None
@@ -76,6 +79,7 @@ class Translation:
     lang: str
     text: str
     where: str = ""
+    fixes: tuple[str, ...] = ()  # changes made to the text at read, as Utterance.fixes
 
 
 @dataclass

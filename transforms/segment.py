@@ -38,6 +38,15 @@ from .settings import ConfigError, load_stage
 from .stage import run_stage
 
 STAGE = "segment"
+# Every reject reason of this stage, and whether it means the service/model failed (systemic:
+# counted against max_reject_fraction, the run fails above it) or the record is bad (data):
+#   empty_source, no_translation, empty_translation  data: nothing to segment
+#   no_monotone_split     data: the sentence pair has no monotone cut (align backend)
+#   llm_unreachable       systemic: 429/5xx/timeouts/connection errors outlasted every retry
+#   llm_request_failed    systemic: the server refused the request (bad key, unknown model, 4xx)
+#   llm_invalid_answer    systemic: the model's answer broke the rules even after a repair re-ask;
+#                         the text is fine (the align backend segments it), the model is not
+SYSTEMIC_REASONS: frozenset[str] = frozenset({"llm_unreachable", "llm_request_failed", "llm_invalid_answer"})
 
 
 @dataclass
@@ -57,8 +66,11 @@ class SegmentSettings:
     align: AlignSettings
     llm: LlmSettings
     monotonicity: MonotonicitySettings
+    max_reject_fraction: float  # of the stage's input, for SYSTEMIC_REASONS, before the run fails
 
     def validate(self, where: str) -> None:
+        if not 0 <= self.max_reject_fraction <= 1:
+            raise ConfigError(f"{where}.max_reject_fraction: must be within 0..1, got {self.max_reject_fraction}")
         if not self.levels or len(set(self.levels)) != len(self.levels):
             raise ConfigError(f"{where}.levels: need at least one level and no repeats, got {self.levels}")
         missing = [level for level in self.levels if level not in self.align.levels]

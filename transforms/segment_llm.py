@@ -13,8 +13,11 @@ the reasons, then becomes a reject. Only valid answers are cached, in sqlite, ke
 The Batch-API functions at the end write the same requests as JSONL, submit them, poll,
 and collect the answers into the same cache; the next pipeline run then finds them there.
 
-The API key is read from the environment where it is used and never written anywhere:
-every message built from a server error goes through `_redact`.
+The API key is read from the environment where it is used and never written anywhere. A
+server can echo it (an error quoting the Authorization header, an answer or batch field
+holding it), whole, cut short, split or escaped; so every string that came from a server is
+passed through `redact` before it becomes a reject detail, a log record or a batch state
+field, and an answer holding the key is invalid, so it is never cached or published.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import logging
 import os
 import random
+import re
 import sqlite3
 import string
 import threading
@@ -103,8 +107,129 @@ def api_key(settings: LlmSettings) -> str:
     return key
 
 
+REDACTED = "[redacted]"
+# A run of this many of the key's characters, in order, counts as (a piece of) the key: what
+# survives a cut at a length limit or a split at a line end. Shorter keys are matched whole;
+# they are placeholders for servers that ignore keys (vLLM, llama.cpp, Ollama), not secrets.
+KEY_FRAGMENT = 8
+# Escapes under which a key can reach us intact: \uXXXX and \xXX (JSON, Python repr, also
+# escaped twice), \/ (JSON) and %XX (URLs).
+_ESCAPE = re.compile(r"\\+u([0-9a-fA-F]{4})|\\+x([0-9a-fA-F]{2})|\\+(/)|%([0-9a-fA-F]{2})")
+
+
+def _unescaped(text: str) -> tuple[str, list[int]]:
+    """`text` with its escapes decoded, and where each decoded character starts in `text`
+    (one more entry: the end)."""
+    chars: list[str] = []
+    starts: list[int] = []
+    last = 0
+    for m in _ESCAPE.finditer(text):
+        chars.extend(text[last : m.start()])
+        starts.extend(range(last, m.start()))
+        code = m.group(1) or m.group(2) or m.group(4)
+        chars.append(chr(int(code, 16)) if code else m.group(3))
+        starts.append(m.start())
+        last = m.end()
+    chars.extend(text[last:])
+    starts.extend(range(last, len(text) + 1))
+    return "".join(chars), starts
+
+
+def _key_spans(text: str, key: str, known: str = "") -> list[tuple[int, int]]:
+    """Where `text` holds the key or a piece of it (KEY_FRAGMENT characters in a row, in plain
+    or escaped form), as merged (start, end) spans of `text`. Pieces that also occur in `known`
+    (what we sent) do not count: a word of the source text is not a leak."""
+    if not key or not text:
+        return []
+    n = min(KEY_FRAGMENT, len(key))
+    grams = {key[i : i + n] for i in range(len(key) - n + 1)}
+    grams -= {g for g in grams if g in known}
+    if not grams:
+        return []
+    if "\\" in text or "%" in text:
+        plain, starts = _unescaped(text)
+    else:
+        plain, starts = text, None
+    spans: list[tuple[int, int]] = []
+    for i in range(len(plain) - n + 1):
+        if plain[i : i + n] in grams:
+            start, end = (starts[i], starts[i + n]) if starts else (i, i + n)
+            if spans and start <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+            else:
+                spans.append((start, end))
+    return spans
+
+
 def redact(text: str, key: str) -> str:
-    return text.replace(key, "[redacted]") if key else text
+    """`text` with the key, and every piece of it (see KEY_FRAGMENT), replaced by [redacted]."""
+    if not key or not text:
+        return text
+    text = text.replace(key, REDACTED)
+    out, last = [], 0
+    for start, end in _key_spans(text, key):
+        out += [text[last:start], REDACTED]
+        last = end
+    return "".join(out) + text[last:] if out else text
+
+
+def holds_key(text: str, key: str, known: str = "") -> bool:
+    """Whether `text` holds the key or a piece of it; keys shorter than KEY_FRAGMENT are
+    placeholders, not secrets, and are not looked for."""
+    return len(key) >= KEY_FRAGMENT and bool(_key_spans(text, key, known))
+
+
+def scrub(value: Any, key: str) -> Any:
+    """`value` (JSON-like: dicts, lists, strings, numbers) with the key redacted from every string."""
+    if isinstance(value, str):
+        return redact(value, key)
+    if isinstance(value, dict):
+        return {scrub(k, key): scrub(v, key) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v, key) for v in value]
+    return value
+
+
+class _RedactKey(logging.Filter):
+    """Redacts the key from records of the HTTP client's loggers (at DEBUG they print response
+    headers and bodies, which a server can make echo the key)."""
+
+    def __init__(self, key: str):
+        super().__init__()
+        self.key = key
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message, self.key)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.key)
+        return True
+
+
+# The HTTP client stack's loggers (openai 3 runs on httpx2/httpcore2). httpcore's are created
+# when its modules load, at the first request, so they are named here to be filtered in advance.
+_CLIENT_PACKAGES = ("openai", "httpx", "httpx2", "httpcore", "httpcore2")
+_CLIENT_LOGGERS = (
+    __name__,
+    *_CLIENT_PACKAGES,
+    *(f"{p}.{m}" for p in ("httpcore", "httpcore2") for m in ("connection", "http11", "http2", "proxy", "socks")),
+)
+
+
+def guard_logs(key: str) -> None:
+    """Put a redacting filter on every logger of the HTTP client stack (a filter on a logger
+    sees only that logger's own records, so each one gets its own), once per key."""
+    import openai  # noqa: F401  (creates the client's loggers)
+
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in _CLIENT_PACKAGES]
+    for name in {*names, *_CLIENT_LOGGERS}:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _RedactKey) and f.key == key for f in target.filters):
+            target.addFilter(_RedactKey(key))
 
 
 def openai_errors() -> type[Exception]:
@@ -271,6 +396,8 @@ def request_body(
 def parse_answer(content: str | None) -> dict[str, Any]:
     """The answer's items by id; plain-JSON servers may wrap the object in prose or fences."""
     text = (content or "").strip()
+    if not text:
+        raise InvalidAnswer("no answer: the reply holds no message text")
     start, end = text.find("{"), text.rfind("}")
     if start < 0 or end < start:
         raise InvalidAnswer("malformed JSON: the answer holds no JSON object")
@@ -355,10 +482,23 @@ def _from_json(data: dict[str, Any]) -> dict[str, Segmentation]:
 # -- cache -------------------------------------------------------------------------------------
 
 
+def local_path(path: str | None, key: str) -> Path:
+    """`segment.llm.<key>` as a local path: sqlite and the batch files need a local file system
+    (on a cluster, a shared mount). Null is resolved under work_dir when the config loads."""
+    if not path:
+        raise ConfigError(f"segment.llm.{key}: not set; load the config with pipeline.config.load "
+                          f"(which puts it under work_dir) or give a path")
+    if "://" in path:
+        raise ConfigError(f"segment.llm.{key}: {path} is not a local path; the LLM cache and batch "
+                          f"files need one (on a cluster, a folder every worker mounts)")
+    return Path(path)
+
+
 class AnswerCache:
     """Valid answers on disk; safe to share between threads and between processes."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str | None):
+        path = str(local_path(path, "cache_path"))
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, timeout=60, check_same_thread=False)
@@ -435,9 +575,37 @@ class Completion:
     truncated: bool  # stopped by the token limit: the JSON is likely cut off
 
 
+def _read_completion(response: Any, retries: int) -> Completion:
+    """The parts of a chat completion we use. The client builds its objects without checking
+    types, so a garbage reply gets here as it is: whatever is not what the API promises reads
+    as no content (an invalid answer) and no tokens, never as an exception."""
+    choices = getattr(response, "choices", None)
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    content = getattr(getattr(choice, "message", None), "content", None)
+    usage = getattr(response, "usage", None)
+
+    def count(name: str) -> int:
+        value = getattr(usage, name, 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+    return Completion(
+        content if isinstance(content, str) else None,
+        count("prompt_tokens"),
+        count("completion_tokens"),
+        retries,
+        getattr(choice, "finish_reason", None) == "length",
+    )
+
+
+def _out_of_quota(err: Exception) -> bool:
+    """OpenAI answers 429 with code insufficient_quota when the account has no credit left."""
+    return getattr(err, "status_code", None) == 429 and getattr(err, "code", None) == "insufficient_quota"
+
+
 def make_openai_client(settings: LlmSettings, key: str, max_retries: int = 0):
     import openai
 
+    guard_logs(key)
     return openai.OpenAI(
         api_key=key, base_url=settings.base_url, timeout=settings.timeout_s, max_retries=max_retries
     )
@@ -477,6 +645,8 @@ class LlmClient:
                     continue
                 raise LlmError("llm_request_failed", self._describe(e)) from None
             except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as e:
+                if _out_of_quota(e):  # a 429 that waiting does not cure
+                    raise LlmError("llm_request_failed", self._describe(e)) from None
                 if retries >= s.max_retries:
                     raise LlmError(
                         "llm_unreachable", f"gave up after {retries + 1} attempts: {self._describe(e)}"
@@ -495,21 +665,15 @@ class LlmClient:
                 continue
             except openai.APIError as e:  # other 4xx, or a reply the client cannot read
                 raise LlmError("llm_request_failed", self._describe(e)) from None
-            usage = response.usage
-            choice = response.choices[0] if response.choices else None
-            return Completion(
-                choice.message.content if choice else None,
-                usage.prompt_tokens if usage else 0,
-                usage.completion_tokens if usage else 0,
-                retries,
-                choice is not None and choice.finish_reason == "length",
-            )
+            except ValueError as e:  # a 200 whose body is not JSON (the client does not wrap that)
+                raise LlmError("llm_request_failed", f"the reply is not JSON ({self._describe(e)})") from None
+            return _read_completion(response, retries)
 
     def _describe(self, err: Exception) -> str:
         status = getattr(err, "status_code", None)
         what = f"HTTP {status}" if status else type(err).__name__
-        message = str(getattr(err, "message", "") or err)
-        return redact(f"{what}: {message[:300]}", self._key)
+        message = redact(str(getattr(err, "message", "") or err), self._key)
+        return redact(f"{what}: {message[:300]}", self._key)  # a cut can leave a piece: again
 
     def preflight(self) -> None:
         """Fail before any work when the server cannot be reached or refuses the key."""
@@ -527,6 +691,15 @@ class LlmClient:
             raise ConfigError(
                 f"segment.llm: {self._where()} is not reachable ({self._describe(e)})"
             ) from None
+        except openai.RateLimitError as e:
+            if _out_of_quota(e):
+                raise ConfigError(
+                    f"segment.llm: {self._where()} says the account has no quota left ({self._describe(e)})"
+                ) from None
+            log.warning("segment llm: the model list is rate limited (%s); going on", self._describe(e))
+        except (openai.APIError, ValueError) as e:  # another refusal, or a reply that is not JSON:
+            # the chat calls will tell
+            log.warning("segment llm: could not list the models (%s); going on", self._describe(e))
 
     def _where(self) -> str:
         return f"the server at {self.settings.base_url}" if self.settings.base_url else "the OpenAI API"
@@ -534,6 +707,7 @@ class LlmClient:
 
 def check_ready(settings: LlmSettings, levels: Sequence[str]) -> None:
     """Everything the llm backend needs, checked once before the pipeline starts."""
+    local_path(settings.cache_path, "cache_path")
     load_prompt(settings.prompt, levels)
     LlmClient(settings, api_key(settings)).preflight()
 
@@ -569,9 +743,10 @@ def _charge(outcomes: dict[str, Outcome], keys: Sequence[str], completion: Compl
 
 
 def _validate_all(
-    items: Sequence[Item], content: str | None, levels: Sequence[str], truncated: bool = False
+    items: Sequence[Item], content: str | None, levels: Sequence[str], truncated: bool = False, key: str = ""
 ) -> dict[str, Any]:
-    """Per item key: its Segmentations, or the InvalidAnswer."""
+    """Per item key: its Segmentations, or the InvalidAnswer. An answer holding the API `key`
+    is invalid whatever else it holds: it must not be cached or published."""
     try:
         answers = parse_answer(content)
     except InvalidAnswer as e:
@@ -582,8 +757,13 @@ def _validate_all(
         return {it.key: e for it in items}
     results: dict[str, Any] = {}
     for n, it in enumerate(items):
+        answer = answers.get(str(n + 1))
+        sent = " ".join([it.source, *it.translations.values()])
+        if holds_key(json.dumps(answer, ensure_ascii=False), key, known=sent):
+            results[it.key] = InvalidAnswer("the answer holds the API key (or a piece of it), not a segmentation")
+            continue
         try:
-            results[it.key] = check_answer(it, answers.get(str(n + 1)), levels)
+            results[it.key] = check_answer(it, answer, levels)
         except InvalidAnswer as e:
             results[it.key] = e
     return results
@@ -605,7 +785,8 @@ class LlmSegmenter:
     def __init__(self, settings: LlmSettings, levels: Sequence[str]):
         self.settings, self.levels = settings, list(levels)
         self.prompt = load_prompt(settings.prompt, levels)
-        self.client = LlmClient(settings, api_key(settings))
+        self.key = api_key(settings)
+        self.client = LlmClient(settings, self.key)
         self.cache = AnswerCache(settings.cache_path)
 
     def close(self) -> None:
@@ -631,6 +812,12 @@ class LlmSegmenter:
         return [dataclasses.replace(outcomes[it.key]) for it in items]
 
     def _ask(self, items: list[Item]) -> dict[str, Outcome]:
+        outcomes = self._ask_once(items)
+        for o in outcomes.values():  # details quote the server's errors and the model's words
+            o.detail = redact(o.detail, self.key)
+        return outcomes
+
+    def _ask_once(self, items: list[Item]) -> dict[str, Outcome]:
         outcomes = {it.key: Outcome() for it in items}
         langs = list(items[0].translations)
         messages = build_messages(self.prompt, self.levels, items)
@@ -641,7 +828,7 @@ class LlmSegmenter:
                 it.key: Outcome(reason=e.reason, detail=e.detail, requests=1 / len(items)) for it in items
             }
         _charge(outcomes, [it.key for it in items], first, repair=False)
-        results = _validate_all(items, first.content, self.levels, first.truncated)
+        results = _validate_all(items, first.content, self.levels, first.truncated, self.key)
         invalid = [it for it in items if isinstance(results[it.key], InvalidAnswer)]
         if invalid:
             errors = "\n".join(f"- item {items.index(it) + 1}: {results[it.key]}" for it in invalid)
@@ -659,7 +846,7 @@ class LlmSegmenter:
                 invalid = []
             else:
                 _charge(outcomes, [it.key for it in invalid], second, repair=True)
-                retried = _validate_all(items, second.content, self.levels, second.truncated)
+                retried = _validate_all(items, second.content, self.levels, second.truncated, self.key)
                 for it in invalid:
                     if isinstance(retried[it.key], InvalidAnswer):
                         outcomes[it.key].reason = "llm_invalid_answer"
@@ -703,7 +890,7 @@ def batch_submit(
     settings: LlmSettings, levels: Sequence[str], utts: Iterable[Utterance], work_dir: str
 ) -> dict[str, Any]:
     """Write request files for every uncached utterance, upload them and start the batches."""
-    wd = Path(work_dir)
+    wd = local_path(work_dir, "batch_dir")
     wd.mkdir(parents=True, exist_ok=True)
     prompt = load_prompt(settings.prompt, levels)
     key = api_key(settings)
@@ -716,13 +903,13 @@ def batch_submit(
     for part in state["batches"]:
         if not part.get("input_file_id"):
             with open(wd / part["requests"], "rb") as f:
-                part["input_file_id"] = client.files.create(file=f, purpose="batch").id
+                part["input_file_id"] = scrub(client.files.create(file=f, purpose="batch").id, key)
             _save_state(wd, state)
         if not part.get("batch_id"):
             batch = client.batches.create(
                 input_file_id=part["input_file_id"], endpoint="/v1/chat/completions", completion_window="24h"
             )
-            part["batch_id"], part["status"] = batch.id, batch.status
+            part["batch_id"], part["status"] = scrub(batch.id, key), scrub(batch.status, key)
             _save_state(wd, state)
     return state
 
@@ -775,29 +962,33 @@ def _write_requests(
 
 
 def batch_status(settings: LlmSettings, work_dir: str) -> dict[str, Any]:
-    """Poll every submitted batch and record its status and output file."""
-    wd = Path(work_dir)
+    """Poll every submitted batch and record its status and output file (the server's strings
+    go into the state redacted)."""
+    wd = local_path(work_dir, "batch_dir")
     state = _load_state(wd)
     if state is None:
         raise ConfigError(f"{wd}: no batch submitted here (run submit first)")
-    client = make_openai_client(settings, api_key(settings), max_retries=settings.max_retries)
+    key = api_key(settings)
+    client = make_openai_client(settings, key, max_retries=settings.max_retries)
     for part in state["batches"]:
         if part.get("batch_id") and not part.get("collected"):
             batch = client.batches.retrieve(part["batch_id"])
-            part["status"] = batch.status
-            part["output_file_id"] = batch.output_file_id
-            part["error_file_id"] = batch.error_file_id
-            if batch.request_counts is not None:
-                part["request_counts"] = batch.request_counts.model_dump()
+            part["status"] = scrub(batch.status, key)
+            part["output_file_id"] = scrub(batch.output_file_id, key)
+            part["error_file_id"] = scrub(batch.error_file_id, key)
+            if batch.request_counts is not None:  # read field by field: model_dump warns, quoting the values
+                counts = {k: getattr(batch.request_counts, k, None) for k in ("total", "completed", "failed")}
+                part["request_counts"] = scrub(counts, key)
     _save_state(wd, state)
     return state
 
 
 def batch_collect(settings: LlmSettings, levels: Sequence[str], work_dir: str) -> dict[str, int]:
     """Validate the answers of finished batches into the cache; invalid ones are asked online later."""
-    wd = Path(work_dir)
+    wd = local_path(work_dir, "batch_dir")
     state = batch_status(settings, work_dir)
-    client = make_openai_client(settings, api_key(settings), max_retries=settings.max_retries)
+    key = api_key(settings)
+    client = make_openai_client(settings, key, max_retries=settings.max_retries)
     with open(wd / "items.jsonl", encoding="utf-8") as f:
         carried = {row["custom_id"]: [Item(**it) for it in row["items"]] for row in map(json.loads, f)}
     counts = {
@@ -819,7 +1010,7 @@ def batch_collect(settings: LlmSettings, levels: Sequence[str], work_dir: str) -
             if part.get("output_file_id"):
                 for line in client.files.content(part["output_file_id"]).text.splitlines():
                     if line.strip():
-                        _collect_line(json.loads(line), carried, levels, cache, counts)
+                        _collect_line(line, carried, levels, cache, counts, key)
             if part.get("error_file_id"):
                 counts["failed_requests"] += sum(
                     1
@@ -833,23 +1024,37 @@ def batch_collect(settings: LlmSettings, levels: Sequence[str], work_dir: str) -
     return counts
 
 
+def _field(data: Any, *path: str | int) -> Any:
+    """data[path[0]][path[1]]..., or None where the server's JSON has no such thing."""
+    for step in path:
+        if isinstance(step, int):
+            data = data[step] if isinstance(data, list) and len(data) > step else None
+        else:
+            data = data.get(step) if isinstance(data, dict) else None
+    return data
+
+
 def _collect_line(
-    row: dict[str, Any],
+    line: str,
     carried: dict[str, list[Item]],
     levels: Sequence[str],
     cache: AnswerCache,
     counts: dict[str, int],
+    key: str,
 ) -> None:
-    items = carried.get(row.get("custom_id", ""))
-    response = row.get("response") or {}
-    body = response.get("body") or {}
-    if items is None or response.get("status_code") != 200 or not body.get("choices"):
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        row = None
+    items = carried.get(_field(row, "custom_id")) if isinstance(_field(row, "custom_id"), str) else None
+    content = _field(row, "response", "body", "choices", 0, "message", "content")
+    if items is None or _field(row, "response", "status_code") != 200 or not isinstance(content, str):
         counts["failed_requests"] += 1
         return
-    usage = body.get("usage") or {}
-    counts["prompt_tokens"] += usage.get("prompt_tokens", 0)
-    counts["completion_tokens"] += usage.get("completion_tokens", 0)
-    results = _validate_all(items, body["choices"][0]["message"].get("content"), levels)
+    for kind in ("prompt_tokens", "completion_tokens"):
+        n = _field(row, "response", "body", "usage", kind)
+        counts[kind] += n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 0
+    results = _validate_all(items, content, levels, key=key)
     for it in items:
         if isinstance(results[it.key], InvalidAnswer):
             counts["invalid"] += 1

@@ -1,6 +1,7 @@
 """From word timings to what a streaming SimulST model trains on, and files to inspect them.
 
-- Chunk end times: a source chunk ends where its last spoken word ends (clip-relative).
+- Chunk end times: a source chunk ends where its last spoken word ends (clip-relative); word
+  times up to one aligner frame past the clip's end are first clamped to it (`clamp_to_clip`).
 - `speech_seg_size`, as EASiST's data has it: per chunk, the cumulative number of samples
   the streaming encoder has read when the chunk's translation is written, i.e. the chunk's
   end rounded up to the next encoder block boundary (the clip's end at most). Two chunks
@@ -57,6 +58,26 @@ def chunk_end_times(words: list[Word], source_chunks: list[str]) -> list[float]:
     if k != len(words):
         raise TimingError("chunks_do_not_match_words", f"the chunks cover {k} of the {len(words)} words")
     return ends
+
+
+def clamp_to_clip(words: list[Word], duration_s: float, frame_s: float) -> tuple[list[Word], list[str]]:
+    """Word times up to one analysis frame past the clip's end, set to the clip's end, and the fix.
+
+    An aligner works on a frame grid: its last frame may reach past the last sample (a clip is
+    rarely a whole number of frames) and its times are rounded, so speech that runs to the end
+    of a tightly cut clip can end up to `frame_s` beyond it. Anything later is really outside
+    and is left for `check_chunk_times` to refuse.
+    """
+    def over(t: float) -> bool:
+        return duration_s < t <= duration_s + frame_s
+
+    moved = [t for _, s, e in words for t in (s, e) if over(t)]
+    if not moved:
+        return words, []
+    clamped = [(w, duration_s if over(s) else s, duration_s if over(e) else e) for w, s, e in words]
+    if moved == [words[-1][2]]:
+        return clamped, [f"last word end clamped {moved[0]:.6g}->{duration_s:.6g} s"]
+    return clamped, [f"{len(moved)} word times clamped {max(moved):.6g}->{duration_s:.6g} s (the clip's end)"]
 
 
 def check_chunk_times(ends: list[float], duration_s: float) -> None:

@@ -51,6 +51,25 @@ class MfaModel:
     acoustic_model: str
 
 
+# MFA's feature frame shift: its default `frame_shift` (10 ms, what the pretrained models use),
+# unless `--frame_shift <ms>` is among the extra arguments.
+FRAME_SHIFT_MS = 10.0
+
+
+def frame_shift_s(settings: MfaSettings) -> float:
+    """The frame step of MFA's word times, in seconds."""
+    args = settings.extra_args
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--frame_shift=") else (
+            args[i + 1] if arg == "--frame_shift" and i + 1 < len(args) else None)
+        if value is not None:
+            try:
+                return float(value) / 1000
+            except ValueError:
+                break  # MFA refuses it itself
+    return FRAME_SHIFT_MS / 1000
+
+
 def missing_reason(command: str) -> str | None:
     """Why the backend cannot run here, or None when `command` is on PATH."""
     if shutil.which(command) is None:

@@ -1,8 +1,11 @@
-"""What every corpus reader shares: read tasks, strict per-line decoding, TSV rows."""
+"""What every corpus reader shares: read tasks, strict per-line decoding, TSV rows, text
+normalisation, and the check that a file lies inside its corpus."""
 
 from __future__ import annotations
 
 import csv
+import os
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -50,12 +53,69 @@ def tsv_fields(line: str) -> list[str]:
     return next(csv.reader([line], delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\"), [])
 
 
-def clean_text(text: str, what: str) -> str:
-    """Whitespace-normalised text; empty text is a bad line."""
+# Invisible characters a corpus ships by accident (a BOM at the top of a file, text pasted from the
+# web): they change nothing a listener hears but split tokens and break string equality (joins,
+# deduplication, the aligner's words). Dropped from every text.
+ZERO_WIDTH = frozenset("\u200b\u2060\ufeff")  # zero-width space, word joiner, zero-width no-break space
+# The zero-width non-joiner and joiner spell words in Persian and Urdu, the Brahmic scripts (Hindi,
+# Bengali, Malayalam, Sinhala...) and emoji sequences. The English source has no use for them; a
+# translation keeps one between two such characters, and drops one next to Latin, Greek or Cyrillic
+# (where it only steers ligatures) or to a space or punctuation.
+JOINERS = frozenset("\u200c\u200d")
+_NO_JOINERS = ("LATIN", "GREEK", "CYRILLIC")
+
+
+def _joins(before: str, after: str) -> bool:
+    """Whether a ZWNJ/ZWJ between these characters is part of the spelling."""
+    def joinable(ch: str) -> bool:  # a letter, mark or emoji-like symbol of a script that uses joiners
+        kind = unicodedata.category(ch)
+        return (kind[0] in "LM" or kind == "So") and not unicodedata.name(ch, "").startswith(_NO_JOINERS)
+
+    return bool(before) and bool(after) and joinable(before) and joinable(after)
+
+
+def _drop_invisible(text: str, translation: bool) -> tuple[str, int]:
+    """`text` without its zero-width characters (joiners kept where they spell, in translations)."""
+    kept = []
+    for i, ch in enumerate(text):
+        if ch in ZERO_WIDTH or (ch in JOINERS and not (
+                translation and _joins(kept[-1] if kept else "", text[i + 1 : i + 2]))):
+            continue
+        kept.append(ch)
+    return "".join(kept), len(text) - len(kept)
+
+
+def clean_text(text: str, what: str, lang: str | None = None) -> tuple[str, list[str]]:
+    """The text as published, and what was changed in it (for the record's `fixes`).
+
+    Zero-width characters go, then the text is composed to Unicode NFC (so the same sentence
+    from two releases, one NFC and one NFD, is one string), then whitespace is collapsed (not
+    recorded: every corpus has stray spaces). `lang` is a translation's language, None for the
+    (English) source. A text with no letter or digit in any script has no spoken word: a bad line.
+    """
+    name = "source text" if lang is None else f"translation {lang}"
+    fixes = []
+    text, dropped = _drop_invisible(text, translation=lang is not None)
+    if dropped:
+        fixes.append(f"removed {dropped} zero-width character{'s' if dropped > 1 else ''} from {name}")
+    if not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", text)
+        fixes.append(f"{name} normalised to NFC")
     text = " ".join(text.split())
     if not text:
         raise BadLine("empty_text", f"{what} is empty or whitespace only")
-    return text
+    if not any(ch.isalnum() for ch in text):
+        raise BadLine("empty_text", f"{what} has no letter or digit, so no spoken word: {text[:80]!r}")
+    return text, fixes
+
+
+def outside_root(path: str, root: str) -> str | None:
+    """Where `path` really points if that is outside `root` once symbolic links are resolved, else
+    None (a remote path has no links): a link must not lead a reader out of its corpus."""
+    if not files.is_local(path):
+        return None
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return None if os.path.commonpath([real, base]) == base else real
 
 
 def tsv_rows(path: str, header: bool) -> Iterator[tuple[int, list[str] | BadLine]]:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from .. import files
 from ..records import AudioRef, Reject, Utterance
-from .common import STAGE, BadLine, ReadTask, clean_text, tsv_rows
+from .common import STAGE, BadLine, ReadTask, clean_text, outside_root, tsv_rows
 
 CORPUS = "covost"
 COLUMNS = ("path", "sentence", "translation", "client_id", "split")
@@ -47,8 +47,14 @@ def validated_clips(root: str) -> dict[str, str]:
 
 def read(task: ReadTask, split_names: dict[str, str]) -> Iterator[tuple[str, Utterance] | Reject]:
     """Join parts keyed by clip id, one per TSV row in a requested split."""
-    validated = validated_clips(task.root)
     name = f"{CORPUS}/covost_v2.en_{task.lang}.tsv"
+    for path in (task.path, files.join(task.root, "validated.tsv")):
+        real = outside_root(path, task.root) if files.exists(path) else None
+        if real:
+            yield Reject(name, STAGE, "unsafe_path", f"{path} links to {real}, outside the corpus root "
+                         f"{task.root}: none of the rows of {name} is read", name)
+            return
+    validated = validated_clips(task.root)
     rows = tsv_rows(task.path, header=False)
     _, header = next(rows, (0, []))
     if isinstance(header, BadLine) or tuple(header[: len(COLUMNS)]) != COLUMNS:
@@ -68,10 +74,13 @@ def read(task: ReadTask, split_names: dict[str, str]) -> Iterator[tuple[str, Utt
             path = files.within(files.join(task.root, "clips"), clip)
             if path is None:
                 raise BadLine("unsafe_path", f"clip path {clip!r} points outside clips/")
+            real = outside_root(path, task.root)
+            if real:
+                raise BadLine("unsafe_path", f"clip {clip!r} links to {real}, outside the corpus root {task.root}")
             if clip not in validated:
                 raise BadLine("not_validated", f"{clip} is not listed in validated.tsv")
-            source = clean_text(row["sentence"], "sentence")
-            target = clean_text(row["translation"], "translation")
+            source, fixes = clean_text(row["sentence"], "sentence")
+            target, target_fixes = clean_text(row["translation"], "translation", task.lang)
         except BadLine as e:
             yield Reject(uid, STAGE, e.reason, e.detail, where)
             continue
@@ -85,4 +94,5 @@ def read(task: ReadTask, split_names: dict[str, str]) -> Iterator[tuple[str, Utt
             source_text=source,
             translations={task.lang: target},
             where=where,
+            fixes=fixes + target_fixes,
         )

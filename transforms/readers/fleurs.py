@@ -10,12 +10,13 @@ may share one id, and each becomes its own clip with the same translations.
 from __future__ import annotations
 
 import os
+import posixpath
 import tarfile
 from collections.abc import Iterator
 
 from .. import files
 from ..records import AudioRef, Reject, Stat, Translation, Utterance
-from .common import STAGE, BadLine, ReadTask, clean_text, tsv_rows
+from .common import STAGE, BadLine, ReadTask, clean_text, outside_root, tsv_rows
 
 CORPUS = "fleurs"
 SAMPLING_RATE = 16000  # FLEURS' num_samples column counts samples at this rate
@@ -54,13 +55,15 @@ def _rows(task: ReadTask, locale: str) -> Iterator[tuple[str, list[str]] | Rejec
 def extract_audio(archive: str, split: str, dest: str) -> Iterator[Reject | Stat]:
     """Extract regular-file members under `<split>/` into `dest`; anything else is refused.
 
-    Files already extracted with the same size are kept, so a re-run does not redo the work.
+    A file already extracted with the member's size and modification time is kept, so a re-run
+    does not redo the work (and a changed archive is extracted again); nothing is written through
+    a link that would leave `dest`.
     """
     name = archive.split("/fleurs/", 1)[-1]
     with files.open_read(archive) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
         for member in tar:
             where = f"{CORPUS}/{name}:{member.name}"
-            inside = member.name.split("/", 1)
+            inside = posixpath.normpath(member.name).split("/", 1)  # "./train/x.wav" is "train/x.wav"
             target = files.within(dest, inside[1]) if len(inside) == 2 and inside[0] == split else None
             if member.isdir():
                 continue
@@ -68,15 +71,36 @@ def extract_audio(archive: str, split: str, dest: str) -> Iterator[Reject | Stat
                 kind = "link" if (member.issym() or member.islnk()) else "member"
                 yield Reject(where, STAGE, "unsafe_path", f"{kind} {member.name!r} would land outside {split}/", where)
                 continue
-            if files.is_local(target) and os.path.exists(target) and os.path.getsize(target) == member.size:
-                continue
+            if files.is_local(target):
+                real = outside_root(target, dest)
+                if real:
+                    yield Reject(where, STAGE, "unsafe_path", f"{target} links to {real}, outside {dest}", where)
+                    continue
+                if (os.path.exists(target) and os.path.getsize(target) == member.size
+                        and int(os.path.getmtime(target)) == int(member.mtime)):
+                    continue
             with tar.extractfile(member) as src, files.open_write(target) as out:
                 out.write(src.read())
+            if files.is_local(target):
+                os.utime(target, (member.mtime, member.mtime))
             yield Stat(STAGE, "fleurs/extracted")
+
+
+def _unsafe_file(task: ReadTask, path: str, name: str) -> Reject | None:
+    """A reject for a corpus file that links out of the corpus root (nothing of it is read)."""
+    real = outside_root(path, task.root)
+    if real is None:
+        return None
+    return Reject(name, STAGE, "unsafe_path", f"{path} links to {real}, outside the corpus root {task.root}: "
+                  "nothing of it is read", name)
 
 
 def read(task: ReadTask, split_name: str, locale: str, work_dir: str) -> Iterator:
     """Source rows become clips keyed by sentence id; translation rows become `Translation`s."""
+    unsafe = _unsafe_file(task, task.path, f"{CORPUS}/{locale}/{task.split}.tsv")
+    if unsafe:
+        yield unsafe
+        return
     if task.kind == "translation":
         for item in _rows(task, locale):
             if isinstance(item, Reject):
@@ -84,16 +108,20 @@ def read(task: ReadTask, split_name: str, locale: str, work_dir: str) -> Iterato
                 continue
             where, fields = item
             try:
-                text = clean_text(fields[2], "raw_transcription")
+                text, fixes = clean_text(fields[2], "raw_transcription", task.lang)
             except BadLine as e:
                 yield Reject(f"{CORPUS}/{locale}#{fields[0]}", STAGE, e.reason, e.detail, where)
                 continue
-            yield f"{CORPUS}:{fields[0]}", Translation(task.lang, text, where)
+            yield f"{CORPUS}:{fields[0]}", Translation(task.lang, text, where, tuple(fixes))
         return
 
     audio_dir = files.join(work_dir, CORPUS, locale, task.split)
     archive = files.join(task.root, locale, "audio", f"{task.split}.tar.gz")
-    if files.exists(archive):
+    shipped = files.exists(archive)
+    unsafe = _unsafe_file(task, archive, f"{CORPUS}/{locale}/audio/{task.split}.tar.gz") if shipped else None
+    if unsafe:
+        yield unsafe
+    elif shipped:
         yield from extract_audio(archive, task.split, audio_dir)
     for item in _rows(task, locale):
         if isinstance(item, Reject):
@@ -105,7 +133,12 @@ def read(task: ReadTask, split_name: str, locale: str, work_dir: str) -> Iterato
             path = files.within(audio_dir, file_name)
             if path is None or "/" in file_name:
                 raise BadLine("unsafe_path", f"file_name {file_name!r} is not a plain file name")
-            text = clean_text(raw, "raw_transcription")
+            if unsafe:
+                raise BadLine("unsafe_path", f"its audio archive is not read: {unsafe.detail}")
+            real = outside_root(path, audio_dir)
+            if real:
+                raise BadLine("unsafe_path", f"the extracted {file_name} links to {real}, outside {audio_dir}")
+            text, fixes = clean_text(raw, "raw_transcription")
             declared = int(num_samples) / SAMPLING_RATE if num_samples.isdigit() else None
         except BadLine as e:
             yield Reject(uid, STAGE, e.reason, e.detail, where)
@@ -119,4 +152,5 @@ def read(task: ReadTask, split_name: str, locale: str, work_dir: str) -> Iterato
             source_lang="en",
             source_text=text,
             where=where,
+            fixes=fixes,
         )

@@ -7,13 +7,14 @@ so a segment's id is built from the talk and its offset, which agree across rele
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
 from collections.abc import Iterator
 
 from .. import files
 from ..records import AudioRef, Reject, Utterance
-from .common import STAGE, BadLine, ReadTask, clean_text, lines
+from .common import STAGE, BadLine, ReadTask, clean_text, lines, outside_root
 
 CORPUS = "mustc"
 _FIELD = re.compile(r"(\w+):\s*([^,}]+)")
@@ -47,9 +48,14 @@ def parse_entry(line: str) -> dict[str, str]:
         if key not in entry:
             raise BadLine("malformed_entry", f"entry has no {key}: {line[:80]!r}")
     try:
-        float(entry["duration"]), float(entry["offset"])
+        duration, offset = float(entry["duration"]), float(entry["offset"])
     except ValueError:
         raise BadLine("malformed_entry", f"offset/duration not numbers: {line[:80]!r}") from None
+    # A non-positive duration would read the talk from the offset to its end as one clip. An offset
+    # past the end of the wav is found by the audio stage, the first to open the wav.
+    if not (math.isfinite(duration) and math.isfinite(offset)) or duration <= 0 or offset < 0:
+        raise BadLine("bad_segment_time", f"offset {entry['offset']} s, duration {entry['duration']} s: "
+                                          "a segment starts at 0 s or later and lasts more than 0 s")
     return entry
 
 
@@ -57,18 +63,27 @@ def read(task: ReadTask, split_name: str) -> Iterator[tuple[str, Utterance] | Re
     """Join parts keyed by segment id (talk + offset), in talk and numeric-offset order."""
     txt = task.path.rsplit("/", 1)[0]
     rel = f"{CORPUS}/en-{task.lang}/data/{task.split}/txt/{task.split}"
+    real = outside_root(task.path, task.root)
+    if real:
+        yield Reject(f"{rel}.yaml", STAGE, "unsafe_path", f"{rel}.yaml links to {real}, outside the corpus root "
+                     f"{task.root}: none of its segments is read", f"{rel}.yaml")
+        return
     entries = lines(task.path)
-    texts = {}
+    texts, escapes = {}, {}
     for lang in ("en", task.lang):
         path = files.join(txt, f"{task.split}.{lang}")
-        texts[lang] = lines(path) if files.exists(path) else None
+        found = files.exists(path)
+        escapes[lang] = outside_root(path, task.root) if found else None
+        texts[lang] = lines(path) if found and not escapes[lang] else None
 
     def where(i: int) -> str:
         return f"{rel}.yaml:{i + 1}"
 
     problem = None
     for lang, got in texts.items():
-        if got is None:
+        if escapes[lang]:
+            problem = ("unsafe_path", f"{rel}.{lang} links to {escapes[lang]}, outside the corpus root {task.root}")
+        elif got is None:
             problem = ("missing_text", f"{rel}.{lang} does not exist")
         elif len(got) != len(entries):
             problem = (
@@ -101,8 +116,11 @@ def read(task: ReadTask, split_name: str) -> Iterator[tuple[str, Utterance] | Re
             wav_path = files.within(wav_dir, wav)
             if wav_path is None:
                 raise BadLine("unsafe_path", f"wav {wav!r} points outside {wav_dir}")
-            source = clean_text(texts["en"][i], f"{rel}.en line {i + 1}")
-            target = clean_text(texts[task.lang][i], f"{rel}.{task.lang} line {i + 1}")
+            real = outside_root(wav_path, task.root)
+            if real:
+                raise BadLine("unsafe_path", f"wav {wav!r} links to {real}, outside the corpus root {task.root}")
+            source, fixes = clean_text(texts["en"][i], f"{rel}.en line {i + 1}")
+            target, target_fixes = clean_text(texts[task.lang][i], f"{rel}.{task.lang} line {i + 1}", task.lang)
         except BadLine as e:
             yield Reject(uid, STAGE, e.reason, e.detail, where(i))
             continue
@@ -116,4 +134,5 @@ def read(task: ReadTask, split_name: str) -> Iterator[tuple[str, Utterance] | Re
             source_text=source,
             translations={task.lang: target},
             where=where(i),
+            fixes=fixes + target_fixes,
         )
