@@ -338,9 +338,9 @@ def render(configs: dict[str, datasets.Features], stats: dict[str, Any], *, spli
         f"- dataset version: `build {build}`",
     ]
     lines += [f"- {k}: `{v}`" for k, v in build_info.items()]
-    fixes = ", ".join(f"{k} {v}" for k, v in stats.get("audio_fixes", {}).items())
+    fixes = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in stats.get("fixes", {}).items())
     if fixes:
-        lines.append(f"- audio fixes (clips): {fixes}")
+        lines.append(f"- mended rather than rejected (records; each row lists its own in `fixes`): {fixes}")
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)) + "\n"  # sections that are absent leave no gaps
 
 

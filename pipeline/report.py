@@ -18,6 +18,8 @@ from ..transforms import files
 # The stat a stage's children count as their input, where it is not "out".
 PRODUCED = {"join": "utterances", "simulate/pairing": "conversations"}
 SPLITS = ["train", "validation", "test"]
+# The stats that count mended records: (stage, name).
+FIXES = [("read", "fixed_text"), ("audio", "resampled"), ("audio", "downmixed"), ("align", "word_times_clamped")]
 
 
 def load_sums(path: str) -> dict[str, dict[str, float]]:
@@ -82,13 +84,14 @@ def build_stats(sums, parents, *, run: dict, missing: dict[str, list[str]],
                 "rows": {k: int(v) for k, v in _per_split(s, "rows").items()},
                 "audio_hours": {k: round(v, 4) for k, v in _per_split(s, "audio_s", 1 / 3600).items()},
             }
-    audio = sums.get("audio", {})
+    # What was mended rather than rejected, in records; each row lists its own in `fixes`.
+    fixes = {name: int(sums.get(stage, {}).get(name, 0)) for stage, name in FIXES}
     return {
         "run": run,
         "stages": stages,
         "published": published,
         "coverage": dict(coverage),
-        "audio_fixes": {k: int(v) for k, v in audio.items() if k in ("resampled", "downmixed")},
+        "fixes": {k: v for k, v in fixes.items() if v},
         **sections,
         "balanced": all(e["balanced"] for e in stages.values()),
     }

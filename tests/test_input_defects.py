@@ -20,7 +20,7 @@ from conftest import curate
 from simulforge.transforms import align
 from simulforge.transforms.aligners import Aligned
 from simulforge.transforms.readers.common import clean_text
-from simulforge.transforms.records import AudioRef, Reject, Segmentation, Utterance
+from simulforge.transforms.records import AudioRef, Reject, Segmentation, Stat, Utterance
 from simulforge.transforms.settings import ConfigError
 
 ES = "mustc/en-es/data/train"
@@ -49,9 +49,9 @@ def set_time(line, key, value):
 # -- 5: speech that runs to the clip's last sample ------------------------------------------------
 
 
-def _aligned(end, backend="gmm", extra_args=()):
+def _aligned(end, backend="gmm", extra_args=(), counted=None):
     """What the align stage makes of a 3.236 s clip whose aligner put the last word end at `end`:
-    the aligned utterance or its reject."""
+    the aligned utterance or its reject (and into `counted`, the names of the stats it yields)."""
     settings = align.load_settings({"backend": backend, "mfa": {"extra_args": list(extra_args)}})
     text = "Well, the train was late."
     utt = Utterance("mustc/t_1", "mustc", "train", AudioRef("t.flac"), "spk", "en", text, {"de": "Der Zug."},
@@ -60,13 +60,18 @@ def _aligned(end, backend="gmm", extra_args=()):
                                                        {"de": ["Der Zug", "."]})})
     words = [("Well", 0.1, 0.4), ("the", 0.4, 0.6), ("train", 0.6, 1.2), ("was", 1.3, 1.9), ("late", 2.0, end)]
     fn = align._Finish(settings)
-    [result] = [x for x in fn((utt, align.Outcome(Aligned(words), 0.0)), None) if isinstance(x, Utterance | Reject)]
+    produced = list(fn((utt, align.Outcome(Aligned(words), 0.0)), None))
+    if counted is not None:
+        counted += [x.name for x in produced if isinstance(x, Stat)]
+    [result] = [x for x in produced if isinstance(x, Utterance | Reject)]
     return result
 
 
 def test_a_last_word_within_one_aligner_frame_of_the_end_is_clamped_and_recorded():
-    utt = _aligned(3.2412)  # gmm: 10 ms frames
+    counted = []
+    utt = _aligned(3.2412, counted=counted)  # gmm: 10 ms frames
     assert isinstance(utt, Utterance), utt
+    assert counted.count("word_times_clamped") == 1  # stats.json's fixes
     assert utt.timing.words[-1] == ("late", 2.0, 3.236) and utt.timing.chunk_end_s["low"] == [1.2, 3.236]
     assert utt.fixes == ["resampled 48000->16000", "last word end clamped 3.2412->3.236 s"]
     # MFA works on its own frame: 10 ms by default, 1 ms with --frame_shift 1.
@@ -76,8 +81,9 @@ def test_a_last_word_within_one_aligner_frame_of_the_end_is_clamped_and_recorded
 
 
 def test_a_word_more_than_a_frame_past_the_end_is_still_outside():
-    r = _aligned(3.2461)
-    assert isinstance(r, Reject), r
+    counted = []
+    r = _aligned(3.2461, counted=counted)
+    assert isinstance(r, Reject) and "word_times_clamped" not in counted, r
     assert (r.reason, r.detail) == ("chunk_outside_clip", "chunk 1 ends at 3.246 s, outside the 3.236 s clip")
 
 
@@ -205,8 +211,10 @@ def test_texts_are_composed_to_nfc_and_lose_zero_width_characters(demo_copy, tmp
     rows[0][2] = rows[0][2].replace(" ", "\u2060 ", 1)
     write_lines(fleurs, ["\t".join(r) for r in rows])
 
-    _, found = run(demo_copy, tmp_path, corpora=("mustc", "fleurs"), langs=("de", "es"))
+    stats, found = run(demo_copy, tmp_path, corpora=("mustc", "fleurs"), langs=("de", "es"))
     assert found == []  # no join_conflict between the releases
+    # Counted per record read: the en-de and en-es lines (one part each) and the FLEURS de row.
+    assert stats["fixes"] == {"fixed_text": 3}
     published = offline(tmp_path / "out")
     [row] = [r for r in published.values() if r["source_text"].startswith("Café") and f"ted_{talk}_" in r["id"]]
     assert row["source_text"] == unicodedata.normalize("NFC", sentence)

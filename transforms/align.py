@@ -171,6 +171,8 @@ def finish(element: tuple[Utterance, Outcome], truth: dict[str, list] | None,
         yield Reject(utt.id, STAGE, e.reason, e.detail, utt.where)
         return
     yield Stat(STAGE, "words", len(timing.words))
+    if fixes:
+        yield Stat(STAGE, "word_times_clamped")
     if truth is not None and utt.id in truth:
         errors = boundary_errors_ms(timing.words, truth[utt.id])
         if errors is None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .. import files
+from ..records import Stat
 from . import covost, fleurs, mustc
 from .common import STAGE, ReadTask
 
@@ -37,6 +38,14 @@ def plan(name: str, root: str, settings: CorpusSettings, langs: list[str]) -> tu
 
 
 def read_task(task: ReadTask, settings: CorpusSettings, work_dir: str) -> Iterator:
+    """The records of one file of a corpus, and a `fixed_text` count per record whose text was mended."""
+    for item in _records(task, settings, work_dir):
+        if isinstance(item, tuple) and item[1].fixes:  # a (join key, record) part
+            yield Stat(STAGE, "fixed_text")
+        yield item
+
+
+def _records(task: ReadTask, settings: CorpusSettings, work_dir: str) -> Iterator:
     if task.corpus == "mustc":
         return mustc.read(task, settings.splits[task.split])
     if task.corpus == "covost":
