@@ -55,7 +55,8 @@ def demo(scale: float) -> Path:
 
 def curate(root: Path, name: str, *flags: str) -> dict:
     out, work = OUT / name, OUT / "work" / name
-    shutil.rmtree(work, ignore_errors=True)  # a first run: no clips, eflomal or LLM cache from an earlier bench
+    for old in (out, work):  # a first run into a new folder: no clips, eflomal or LLM cache from an earlier bench
+        shutil.rmtree(old, ignore_errors=True)
     f = child([sys.executable, "-m", "simulforge.cli", "curate", "--input", str(root), "--output", str(out),
                "--work-dir", str(work), *flags])
     f.pop("stdout")

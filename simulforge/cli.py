@@ -4,21 +4,41 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
 class _QuietBeamImport(logging.Filter):
     # Beam warns at import that optional GCP client libraries are absent; they are optional here.
+    ABSENT = ("apitools not found", "No module named google.cloud.bigquery_storage_v1")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "apitools not found" not in record.getMessage()
+        return not any(text in record.getMessage() for text in self.ABSENT)
 
 
 def _demo_data(args) -> int:
     from .demo.corpora import build_demo_corpora
 
-    summary = build_demo_corpora(args.dir, scale=args.scale, seed=args.seed)
+    if os.path.exists(args.dir) and not os.path.isdir(args.dir):
+        print(f"simulforge demo-data: {args.dir} is a file, not a folder", file=sys.stderr)
+        return 2
+    try:
+        summary = build_demo_corpora(args.dir, scale=args.scale, seed=args.seed)
+    except FileExistsError as e:  # the folder holds corpora that no demo build wrote: never replaced
+        print(f"simulforge demo-data: {e}", file=sys.stderr)
+        return 2
     print(f"demo corpora written to {args.dir}: {summary}")
     return 0
+
+
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number more than 0, got {text!r}")
+    return value
 
 
 def _curate(args, beam_args: list[str]) -> int:
@@ -33,13 +53,47 @@ def _curate(args, beam_args: list[str]) -> int:
     for key, value in (("languages", args.langs), ("corpora", args.corpora)):
         if value is not None:  # `--langs ""` is an empty list, refused by validation, not the default
             overrides.append(f"{key}=[{value}]")
-    settings = config.load(args.config, overrides)
+    settings = _load_settings(config, args.config, overrides)
+    if "://" not in settings.work_dir:
+        # matplotlib (the card's plots) would keep its font cache under ~/.cache: a run writes only
+        # under its output and work dir.
+        os.environ.setdefault("MPLCONFIGDIR", os.path.join(settings.work_dir, "matplotlib"))
     try:
         curate.run(settings, beam_args)
     except curate.RunError as e:
         print(f"simulforge curate: failed: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _load_settings(config, path: str | None, overrides: list[str]):
+    """The settings; a --config file that cannot be read, or YAML that does not parse, is a one-line
+    error naming the file or the --set item."""
+    import yaml
+
+    from .transforms.settings import ConfigError
+
+    try:
+        return config.load(path, overrides)
+    except OSError as e:
+        if path is None or e.filename != path:
+            raise
+        raise ConfigError(f"--config {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        in_file = path is not None and getattr(getattr(e, "problem_mark", None), "name", None) == path
+        where = f"--config {path}" if in_file else "--set " + next(
+            (item for item in overrides if not _parses(config, item)), "")
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(e).split())}") from e
+
+
+def _parses(config, item: str) -> bool:
+    import yaml
+
+    try:
+        config.parse_override(item)
+    except yaml.YAMLError:
+        return False
+    return True
 
 
 # Subcommands that own their argument parsing: name -> (module, help).
@@ -65,17 +119,21 @@ def _delegate(name: str, argv: list[str]) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="simulforge", description=__doc__)
+    # No abbreviations: `--runner=X` is Beam's flag, not a prefix of `--runner-profile` (and an unknown
+    # flag must go to Beam whole, not be taken for one of ours).
+    p = argparse.ArgumentParser(prog="simulforge", description=__doc__, allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     for name, (_, help_) in DELEGATED.items():
         sub.add_parser(name, help=help_, add_help=False)
 
-    d = sub.add_parser("demo-data", help="write the demo corpora (MuST-C, CoVoST 2, FLEURS layouts) to DIR")
+    d = sub.add_parser("demo-data", help="write the demo corpora (MuST-C, CoVoST 2, FLEURS layouts) to DIR",
+                       allow_abbrev=False)
     d.add_argument("dir")
-    d.add_argument("--scale", type=float, default=1.0, help="<1: a fraction of the sentences; >1: N copies")
+    d.add_argument("--scale", type=_scale, default=1.0, help="<1: a fraction of the sentences; >1: N copies")
     d.add_argument("--seed", type=int, default=0)
 
     c = sub.add_parser("curate", help="curate corpora into a published dataset; unknown flags go to Beam",
+                       allow_abbrev=False,
                        epilog="Any other --flag=value is passed to Beam, e.g. --runner=PortableRunner "
                               "--job_endpoint=embed or --direct_running_mode=multi_processing.")
     c.add_argument("--config", help="YAML merged over configs/curate.yaml")
@@ -95,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietBeamImport())
+    # Nothing here plays sound, but libespeak-ng 1.51 (demo synthesis, the aligner's phonemes) probes
+    # PulseAudio at init, which without XDG_RUNTIME_DIR leaves ~/.config/pulse behind: give it no server.
+    os.environ["PULSE_SERVER"] = "unix:" + os.devnull
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in DELEGATED:
         return _delegate(argv[0], argv[1:])

@@ -159,6 +159,7 @@ class FakeOpenAI:
         self.polls_until_done = polls_until_done
         self.batch_extra: dict[str, Any] = {}  # fields laid over every batch object sent
         self.chat_requests: list[dict[str, Any]] = []
+        self.chat_times: list[float] = []  # time.monotonic() when each chat request arrived, in order
         self.authorizations: list[str] = []
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
@@ -181,6 +182,7 @@ class FakeOpenAI:
 
     def chat(self, body: dict[str, Any]) -> Reply:
         with self._lock:
+            self.chat_times.append(time.monotonic())
             self.chat_requests.append(body)
             step = self.script.pop(0) if self.script else self.always
         if self.refuse_json_schema and (body.get("response_format") or {}).get("type") == "json_schema":

@@ -130,6 +130,46 @@ def test_counts_disagree_with_stats_only_not_the_build(copy, capsys):
     assert "stats.json says" in err and "hash to build" not in err  # the shards themselves are intact
 
 
+
+# -- The shards hash to the card's build id ----------------------------------------------------
+
+
+def _change_one_value(root):
+    """The first row's `duration` a little longer, the shard rewritten whole: still the card's schema,
+    rows and name, so only the hash can tell."""
+    path = _shard(root, "train-00000-of-00002")
+    table = pq.read_table(path)
+    i = table.schema.get_field_index("duration")
+    durations = table["duration"].to_pylist()
+    durations[0] += 0.5
+    pq.write_table(table.set_column(i, table.schema.field(i), pa.array(durations, pa.float32())), path)
+
+
+def _flip_one_byte(root):
+    """One byte in the middle of the audio column's pages; the footer, so the metadata, is untouched."""
+    path = _shard(root, "train-00000-of-00002")
+    meta = pq.ParquetFile(path).metadata
+    chunk = max((meta.row_group(0).column(i) for i in range(meta.num_columns)), key=lambda c: c.total_compressed_size)
+    offset = (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size // 2
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_change_one_value, _flip_one_byte], ids=["one-value", "one-byte"])
+def test_dry_run_refuses_shards_that_do_not_hash_to_the_build(copy, capsys, damage):
+    build = card.front_matter((copy / "README.md").read_text())["simulforge"]["build"]
+    damage(copy)
+    assert pq.ParquetFile(_shard(copy, "train-00000-of-00002")).metadata.num_rows > 0  # still a Parquet file
+    assert publish.main([str(copy), "--repo-id", REPO, "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    problems = [line for line in err.splitlines() if line.startswith("  - ")]
+    # Names, schema, rows and counts are as the card says: the hash is the one problem.
+    assert len(problems) == 1, err
+    assert "the shards hash to build " in problems[0] and f", the card says {build}: they are not the shards" in problems[0]
+    assert f"hash to build {build}" not in problems[0]
+
+
 # -- A local stand-in for the Hub --------------------------------------------------------------
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 
+import pytest
 import soundfile as sf
 
 from simulforge.demo import corpora
@@ -12,6 +14,7 @@ from simulforge.pipeline.config import load
 from simulforge.transforms.readers import plan, read_task
 from simulforge.transforms.readers.common import tsv_fields
 from simulforge.transforms.records import Reject, Stat, Translation, Utterance
+from simulforge.transforms.settings import ConfigError
 
 
 def _read_all(root, corpus, langs=("de", "es")):
@@ -116,3 +119,80 @@ def test_fleurs_extracts_audio_and_keys_recordings_by_sentence_id(demo_root):
 
 def _lines(path):
     return len(path.read_text(encoding="utf-8").splitlines())
+
+
+# -- where the corpora are: corpus.<name>.path and FLEURS locales --------------------------------
+
+
+def _offline_rows(out):
+    import datasets
+
+    ds = datasets.load_dataset(str(out), "offline")
+    return [row for split in ds for row in ds[split].remove_columns(["audio"])]
+
+
+def test_a_corpus_moved_out_of_the_input_folder_is_read_from_its_path(demo_root, tmp_path):
+    from conftest import curate
+
+    elsewhere = tmp_path / "elsewhere" / "MUSTC_v1.0"
+    shutil.copytree(demo_root / "mustc", elsewhere)
+    empty = tmp_path / "input"  # the input folder holds no mustc/
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=f"mustc: corpus folder {empty}/mustc does not exist"):
+        curate(empty, tmp_path / "refused", corpora=("mustc",))
+
+    curate(empty, tmp_path / "out", corpora=("mustc",), overrides=[f"corpus.mustc.path={elsewhere}"])
+    truth = {k: v for k, v in _truth(demo_root).items() if v["corpus"] == "mustc"}
+    rows = _offline_rows(tmp_path / "out")
+    assert sorted(r["id"] for r in rows) == sorted(truth)
+    assert all(r["source_text"] == truth[r["id"]]["text"] for r in rows)
+
+
+def test_fleurs_reads_the_locale_folders_of_the_requested_languages_only(demo_root, tmp_path):
+    """German under a locale folder of another name, set in `locales`; Spanish not asked for, and
+    its folder unreadable: the run reads en_us and de_at, and nothing of es_419."""
+    from conftest import curate
+
+    root = tmp_path / "FLEURS"
+    shutil.copytree(demo_root / "fleurs", root)
+    (root / "de_de").rename(root / "de_at")
+    for tsv in (root / "es_419").glob("*.tsv"):
+        tsv.write_bytes(b"\xff\xfe not a FLEURS row\n")
+    overrides = [f"corpus.fleurs.path={root}", "corpus.fleurs.locales.de=de_at"]
+
+    settings = load(overrides=overrides)
+    tasks, missing = plan("fleurs", str(root), settings.corpus["fleurs"], ["de"])
+    assert not missing
+    assert sorted(t.path for t in tasks) == sorted(
+        str(root / locale / f"{split}.tsv") for locale in ("en_us", "de_at") for split in ("train", "dev", "test"))
+
+    stats = curate(tmp_path / "input", tmp_path / "out", langs=("de",), corpora=("fleurs",), overrides=overrides)
+    read = sum(_lines(root / locale / f"{split}.tsv") for locale in ("en_us", "de_at") for split in ("train", "dev", "test"))
+    assert stats["stages"]["read"]["in"] == read and stats["stages"]["read"]["rejected_total"] == 0
+    assert (tmp_path / "out" / "rejected.jsonl").read_text() == ""
+    truth, sentences = _spoken(demo_root, "fleurs")
+    rows = _offline_rows(tmp_path / "out")
+    assert sorted(r["id"] for r in rows) == sorted(truth)
+    for row in rows:
+        assert row["translation"] == {"de": sentences[row["source_text"]][0].de}
+
+
+@pytest.mark.parametrize("langs, overrides, error, message", [
+    # The English folder is where every FLEURS clip comes from: without it there is nothing to read.
+    (["de"], ["corpus.fleurs.locales.en=en_xx"], FileNotFoundError,
+     "fleurs: no English transcripts in {root}/en_xx (corpus.fleurs.locales.en): none of train.tsv, dev.tsv, test.tsv"),
+    # A language whose locale folder is not there, or that `locales` does not name, is one FLEURS lacks.
+    (["de"], ["corpus.fleurs.locales.de=de_xx"], ConfigError, "languages: no corpus has English→de (looked in fleurs)"),
+    (["sv"], [], ConfigError, "languages: no corpus has English→sv (looked in fleurs)"),
+])
+def test_an_unknown_fleurs_locale_is_a_clear_error(demo_root, langs, overrides, error, message):
+    from simulforge.pipeline.curate import plan as plan_run
+
+    root = demo_root / "fleurs"
+    settings = load(overrides=[f"input={demo_root}", "corpora=[fleurs]", f"languages=[{','.join(langs)}]", *overrides])
+    said = []
+    with pytest.raises(error) as refused:
+        plan_run(settings, said.append)
+    assert message.format(root=root) in str(refused.value)
+    if error is ConfigError:
+        assert said == [f"fleurs: no English→{langs[0]} in this corpus; curating it for the other languages"]

@@ -1,6 +1,8 @@
 import collections
 import csv
 import dataclasses
+import random
+import re
 from importlib import resources
 
 import pytest
@@ -266,6 +268,30 @@ def test_segment_stage_publishes_every_level_or_rejects_with_a_reason(tmp_path):
     card = card_section(summary)
     assert "| language | offline | low | medium | high |" in card and f"| de | {rates['offline']} |" in card
     assert "llm" not in summary
+
+
+
+def test_a_pair_in_reverse_order_is_rejected_as_no_monotone_split(tmp_path):
+    """A made-up language that says every sentence backwards: eflomal links each word to its
+    mirror image, so no cut keeps the links monotone and a sentence over the limit is rejected."""
+    rng = random.Random(0)
+    vocab = [(f"src{i}", f"tgt{i}") for i in range(30)]
+    backwards = []
+    for _ in range(12):
+        words = rng.sample(vocab, 12)
+        backwards.append((" ".join(s for s, _ in words), " ".join(t for _, t in reversed(words))))
+    settings = load_settings({"align": {"reject_unsplit_over_words": 10}})
+    utts = [_utt(n, en, {"de": de}) for n, (en, de) in enumerate(corpus())]
+    utts += [_utt(f"backwards{n}", en, {"de": de}) for n, (en, de) in enumerate(backwards)]
+    out, rejects, stats = run_segment(settings, utts, tmp_path)
+    assert sorted(r.id for r in rejects) == sorted(f"t/backwards{n}" for n in range(12))
+    for r in rejects:
+        assert (r.stage, r.reason) == ("segment", "no_monotone_split")
+        assert re.fullmatch(r"12 source words but no cut keeps every alignment monotone \(de: \d+ links\); "
+                            r"sentences over 10 words need at least one", r.detail), r.detail
+    assert sorted(u.id for u in out) == sorted(f"t/{n}" for n in range(len(corpus())))
+    assert stats["in"] == len(utts) == len(out) + len(rejects)
+    assert summarize(stats)["utterances"] == {"in": len(utts), "out": len(corpus()), "rejected": 12}
 
 
 def test_stage_configuration_errors_come_before_any_work(tmp_path):

@@ -4,6 +4,7 @@ import re
 import socket
 import time
 import urllib.parse
+from itertools import pairwise
 
 import pytest
 
@@ -604,6 +605,41 @@ def test_the_llm_cache_lives_in_work_dir_whatever_the_cwd(demo_root, tmp_path, m
     assert [p for folder in folders.values() for p in folder.iterdir()] == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd1", "cwd2", "cwd3", "out1", "out2", "rows.jsonl", "work"]
     assert (work / "segment_llm.sqlite").is_file() and (work / "segment_batch" / "state.json").is_file()
+
+
+def test_a_real_curate_publishes_the_servers_chunks_at_the_configured_rate(demo_root, tmp_path):
+    """`curate` with the LLM backend, four requests in flight at most and 120 requests a minute:
+    the simulmt rows are the chunks the server answered, and the server saw its requests arrive
+    at least 0.5 s apart (arrival times jitter a little around the client's spacing)."""
+    import datasets
+
+    from conftest import curate
+    from fake_openai import asked_items, valid_answer
+
+    rpm, tolerance_s = 120, 0.1
+    with FakeOpenAI() as fake:
+        stats = curate(demo_root, tmp_path / "out", langs=("de",), corpora=("mustc",), configs=("offline", "simulmt"),
+                       overrides=llm_overrides(fake, f"segment.llm.requests_per_minute={rpm}",
+                                               "segment.llm.batch_size=6", "segment.llm.concurrency=4"))
+    answered = {}  # source text -> level -> chunks, as the server answered each request
+    for body in fake.chat_requests:
+        for item, answer in zip(asked_items(body), valid_answer(body)["items"], strict=True):
+            answered[item["source"]] = answer["levels"]
+    assert len(fake.chat_requests) == stats["segment"]["llm"]["requests"] >= 4
+    gaps = [b - a for a, b in pairwise(fake.chat_times)]
+    assert min(gaps) >= 60 / rpm - tolerance_s, gaps
+
+    offline = datasets.load_dataset(str(tmp_path / "out"), "offline")
+    simulmt = datasets.load_dataset(str(tmp_path / "out"), "simulmt")
+    for split in offline:
+        utterances = {row["id"]: row["source_text"] for row in offline[split].remove_columns(["audio"])}
+        rows = list(simulmt[split])
+        assert sorted((r["id"], r["latency"]) for r in rows) == sorted(
+            (uid, level) for uid in utterances for level in LEVELS)
+        for row in rows:
+            levels = answered[utterances[row["id"]]]
+            assert row["source_chunks"] == levels[row["latency"]]["source_chunks"]
+            assert row["target_chunks"]["de"] == levels[row["latency"]]["target_chunks"]["de"]
 
 
 def test_the_key_never_leaks_from_a_real_curate(demo_root, tmp_path):

@@ -214,6 +214,28 @@ def test_unusable_utterances_are_rejected_and_every_utterance_is_accounted_for()
     assert len(placed) == out and not placed & set(by_id)
 
 
+
+def test_a_speaker_left_with_utterances_gets_them_rejected_as_unpaired():
+    """One utterance of spk0, six of spk1: the first conversation takes spk0's only one, then spk1
+    has nobody to talk to, and what it has left comes out as `unpaired`."""
+    settings = simulate.load_settings({**FAST, "pairing": {"passes": 1, "turns": [2, 4]}})
+    lonely = _utterances(7, speakers=7)[:1]  # spk0
+    talker = [u.replace(id=f"fixture/talker_{i}", speaker="spk1", where=f"talker.tsv:{i + 1}")
+              for i, u in enumerate(_utterances(6, speakers=1))]
+    items = list(simulate.plan_conversations("train", 3, lonely + talker, settings))
+    taken, out, rejects = _balance(items)
+    plans = [p for p in items if isinstance(p, simulate.ConversationPlan)]
+    placed = {t.utterance.id for p in plans for t in p.turns}
+    assert len(plans) == 1 and lonely[0].id in placed and 2 <= len(placed) <= 3
+    assert taken == 7 == out + len(rejects) and out == len(placed)
+    assert {r.id for r in rejects} == {u.id for u in talker} - placed
+    by_id = {u.id: u for u in talker}
+    for r in rejects:
+        assert (r.stage, r.reason, r.where) == (simulate.PAIRING_STAGE, "unpaired", by_id[r.id].where)
+        assert r.detail == ("speaker spk1 had utterances left when no other speaker in split 'train' "
+                            "group 3 did")
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [

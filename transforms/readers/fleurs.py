@@ -29,6 +29,9 @@ def plan(root: str, langs: list[str], splits: list[str], locales: dict[str, str]
         path = files.join(source, f"{split}.tsv")
         if files.exists(path):
             tasks.append(ReadTask(CORPUS, "source", "en", split, path, root))
+    if not tasks:  # every clip is English: without them, each translation would be rejected
+        raise FileNotFoundError(f"fleurs: no English transcripts in {source} (corpus.fleurs.locales.en): "
+                                f"none of {', '.join(f'{s}.tsv' for s in splits)} is there")
     for lang in langs:
         folder = files.join(root, locales.get(lang, f"{lang}_?"))
         if lang not in locales or not files.exists(folder):

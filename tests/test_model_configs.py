@@ -1,0 +1,87 @@
+"""The realistic model configs (configs/models/*.yaml without `_tiny`) are only trained on a big
+machine, so here each goes through every check the trainer makes before it reads data, with no
+weights: the loader, the model section, each stage's task and options, the model built at its full
+size on the meta device (no memory, no weights), and its `trainable` and `init.into` names.
+A broken config is refused naming the key."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+import pytest
+import torch
+
+from simulforge.training import config as C
+from simulforge.training import recipes
+from simulforge.training.tasks import TASKS
+from simulforge.training.tokenizer import train_sentencepiece
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
+REALISTIC = sorted(p.stem for p in CONFIGS.glob("*.yaml") if not p.stem.endswith("_tiny"))
+# What the tokenizer is trained on here: only the ids of its special tokens matter to the model config.
+TEXTS = ["We moved to a small town near the coast last year.",
+         "Wir sind letztes Jahr in eine kleine Stadt an der Küste gezogen.",
+         "El año pasado nos mudamos a un pueblo pequeño cerca de la costa."]
+
+
+def test_the_realistic_configs_are_found():
+    assert set(REALISTIC) >= {"bilingual", "separate", "unified", "jstar", "samu", "easist"}
+
+
+def _checked(cfg: C.RunConfig):
+    """The model config and tasks, checked as `recipes.run` checks them before it opens the data."""
+    model_cfg = recipes.build_model_config(cfg.family, cfg.model)
+    tasks = []
+    for stage in cfg.stages:
+        assert stage.task in TASKS[cfg.family], (stage.name, stage.task)
+        assert stage.steps or stage.epochs, f"stages.{stage.name}: no steps or epochs"
+        tasks.append(TASKS[cfg.family][stage.task](stage.options, model_cfg, f"stages.{stage.name}.options"))
+    return model_cfg, tasks
+
+
+@pytest.mark.parametrize("name", REALISTIC)
+def test_a_realistic_config_loads_validates_and_builds_without_weights(name):
+    cfg, _ = C.load(CONFIGS / f"{name}.yaml")
+    model_cfg, tasks = _checked(cfg)
+
+    # The weights it names are not here: the trainer's first check says which, before any work.
+    with pytest.raises(C.ConfigError, match=r"/models/\S+ (does|do) not exist"):
+        recipes.check_paths(cfg)
+
+    if cfg.tokenizer.kind == "hf":  # the tokenizer and the LM are the local LM folder's
+        assert cfg.model["lm"]["path"] == cfg.tokenizer.path
+        model_cfg.encoder.validate("model.encoder")
+        with pytest.raises(FileNotFoundError, match=f"model.lm.path: local LM folder {cfg.tokenizer.path} "):
+            model_cfg.validate()
+        return
+    specials = list(dict.fromkeys(recipes._specials(cfg.family, model_cfg) + [s for t in tasks for s in t.specials()]))
+    tok = train_sentencepiece(TEXTS, specials, cfg.tokenizer.vocab_size, cfg.tokenizer.model_type,
+                              cfg.tokenizer.max_sentences)
+    recipes._finalize(cfg.family, model_cfg, tok)
+    with torch.device("meta"):  # the model's own checks run in its constructor
+        model = recipes.make_model(cfg.family, model_cfg)
+    names = [n for n, _ in model.named_parameters()]
+    assert sum(p.numel() for p in model.parameters()) > 10_000_000  # realistic: not a tiny model
+    for stage in cfg.stages:
+        for pattern in stage.trainable or []:
+            assert any(fnmatch.fnmatchcase(n, pattern) for n in names), f"stages.{stage.name}.trainable {pattern}"
+        if stage.init is not None:
+            assert any(n.startswith(stage.init.into) for n in names), f"stages.{stage.name}.init.into"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("schedule=fast", "config: unknown key(s) schedule"),
+    ("data.n_mel=80", "data: unknown key(s) n_mel"),
+    ("train.lr=fast", "train.lr: expected float, got 'fast'"),
+    ("stages.0.stepz=5", "stages[0]: unknown key(s) stepz"),
+    ("stages.0.init.strict=maybe", "stages[0].init.strict: expected bool, got 'maybe'"),
+    ("model.encoder.d_modle=512", "model.encoder: unknown key(s) d_modle"),
+    ("model.encoder.n_layers=deep", "model.encoder.n_layers: expected int, got 'deep'"),
+    ("stages.0.options.wait=5", "stages.st.options: unknown key(s) wait"),
+    ("family=transformer", "family: unknown model family 'transformer'"),
+])
+def test_a_broken_config_is_refused_naming_the_key(override, message):
+    with pytest.raises(C.ConfigError) as refused:
+        _checked(C.load(CONFIGS / "bilingual.yaml", [override])[0])
+    assert message in str(refused.value)
