@@ -17,6 +17,7 @@ COPY models models
 COPY training training
 COPY eval eval
 COPY configs configs
+COPY demo demo
 RUN pip install --no-cache-dir --no-deps .
 
 ENV OMP_NUM_THREADS=1 LANG=C.UTF-8

@@ -66,7 +66,7 @@ publish: setup
 	$(SF) publish $(OUTPUT) $(PUBLISH_FLAGS)
 
 demo-data: setup
-	$(SF) demo-data $(or $(DIR),demo)
+	$(SF) demo-data $(or $(DIR),.cache/simulforge/demo)
 
 test: setup
 	$(PY) -m pytest -q

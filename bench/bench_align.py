@@ -35,9 +35,9 @@ from simulforge.transforms.align import (
     to_clip,
     training_entry,
 )
-from simulforge.transforms.aligners import AlignFailure, make_backend
+from simulforge.transforms.aligners import make_backend
 from simulforge.transforms.audio import attach_audio
-from simulforge.transforms.records import Utterance
+from simulforge.transforms.records import StageError, Utterance
 
 
 def english_clips(root, work_dir) -> list[Utterance]:
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
 
     errors, rejected = [], Counter()
     for clip, result in zip(clips, results, strict=True):
-        if isinstance(result, AlignFailure):
+        if isinstance(result, StageError):
             rejected[result.reason] += 1
         else:
             errors += boundary_errors_ms(result.words, truth[clip.id]) or []

@@ -28,6 +28,7 @@ import torch
 from bench.run import OUT
 from simulforge.eval import policies as P
 from simulforge.eval.driver import Decoder
+from simulforge.models import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = OUT / "eval"
@@ -59,11 +60,11 @@ def trained(name: str, data: str) -> Path:
     return out
 
 
-def clips(data: str, config: str, channels: int) -> list[torch.Tensor]:
+def clips(data: str, config: str, rate: int, channels: int) -> list[torch.Tensor]:
     import datasets
 
     ds = datasets.load_dataset(data, config, split="train").cast_column(
-        "audio", datasets.Audio(sampling_rate=16000, num_channels=channels))
+        "audio", datasets.Audio(sampling_rate=rate, num_channels=channels))
     return [row["audio"].get_all_samples().data for row in ds]
 
 
@@ -99,10 +100,10 @@ def main(argv=None) -> int:
     for name, policy in CASES:
         model, tok, info = load_run(trained(name, data))
         langs = LANGUAGES[name]
-        prompts = {lang: tok.encode(f"<2{lang}>") for lang in langs} if info["family"] == "easist" else None
-        decoder = Decoder(model, info["family"], langs, prompts=prompts, segment_ms=args.segment_ms)
-        jstar = info["family"] == "jstar"
-        waves = clips(data, "conversations" if jstar else "offline", model.cfg.channels if jstar else 1)
+        prompts = {lang: tok.encode(f"<2{lang}>") for lang in langs}  # a decoder-only family's prompt
+        rate, family = info["data"]["sampling_rate"], registry.get(info["family"])
+        decoder = Decoder(model, family.name, langs, prompts=prompts, sampling_rate=rate, segment_ms=args.segment_ms)
+        waves = clips(data, family.eval_config, rate, family.channels(model.cfg))
         results[f"{name} {P.label(policy)}"] = measure(decoder, waves, policy, args.repeats)
     summary = {"cases": results, "repeats": args.repeats, "segment_ms": args.segment_ms,
                "threads": torch.get_num_threads(), "device": "cpu", "goal_ratio": 1.10}

@@ -18,12 +18,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # per-core figures; set before nu
 import argparse
 import io
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from simulforge.transforms import rooms, simulate
+from simulforge.transforms import pairing, rooms, simulate
 from simulforge.transforms.records import AudioRef, Conversation, Utterance
 
 GOAL_X_REALTIME = 40.0
@@ -44,23 +46,25 @@ def speech_like_flac(seconds: float, seed: int, fs: int) -> bytes:
     return buffer.getvalue()
 
 
-def utterances(count: int, speakers: int, fs: int) -> list[Utterance]:
+def utterances(count: int, speakers: int, fs: int, clips: Path) -> list[Utterance]:
+    """Synthetic utterances, their clips written into `clips` as the audio stage leaves them."""
     rng = np.random.default_rng(0)
-    return [
-        Utterance(
+    out = []
+    for i in range(count):
+        flac = speech_like_flac(rng.uniform(2.0, 10.0), i, fs)
+        (clips / f"{i}.flac").write_bytes(flac)
+        out.append(Utterance(
             id=f"bench/{i:05d}",
             corpus="bench",
             split="train",
-            audio=AudioRef(f"{i}.wav"),
+            audio=AudioRef(str(clips / f"{i}.flac")),
             speaker=f"spk{i % speakers}",
             source_lang="en",
             source_text=f"utterance {i}",
             translations={"de": f"Äußerung {i}"},
-            flac=(flac := speech_like_flac(rng.uniform(2.0, 10.0), i, fs)),
             duration_s=sf.info(io.BytesIO(flac)).duration,  # as the audio stage sets it
-        )
-        for i in range(count)
-    ]
+        ))
+    return out
 
 
 def render_all(plans, settings, specs, cache) -> float:
@@ -84,10 +88,12 @@ def main() -> None:
 
     settings = simulate.load_settings({"room": {"pool_size": args.pool_size}})
     fs = settings.sampling_rate
+    clips = tempfile.TemporaryDirectory(prefix="bench-simulate-")
     plans = [
         p
-        for p in simulate.plan_conversations("train", 0, utterances(args.conversations * 6, 12, fs), settings)
-        if isinstance(p, simulate.ConversationPlan)
+        for p in pairing.plan_conversations(
+            "train", 0, utterances(args.conversations * 6, 12, fs, Path(clips.name)), settings)
+        if isinstance(p, pairing.ConversationPlan)
     ][: args.conversations]
     specs = simulate.room_pool(settings)
     audio_s = sum(p.duration_ms() for p in plans) / 1000

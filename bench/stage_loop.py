@@ -2,14 +2,14 @@
 
     python -m bench.stage_loop DEMO_ROOT WORK_DIR
 
-The loop calls the stage functions in the graph's order (read, join, audio, embed, segment,
-the monotonicity measurement, aligner training and alignment, publishing) with no runner, and
-records each stage's CPU seconds (children included: eflomal and espeak-ng are subprocesses).
-Then `curate` runs the same configs through Beam's in-process runner in this warm process,
-once for the offline path (embed off) and once for offline + simulst + simulmt: the Beam
-overhead is each run's CPU (less the dataset card's) against the loop's for the same stages.
-A small untimed loop first pays the one-time costs (imports, compiled kernels) so neither side
-is charged for them.
+The loop walks the graph's own step list (pipeline/steps.py: which steps run, in which order,
+which dataset configs publish from which) and runs each step's stage functions with no runner,
+recording each stage's CPU seconds (children included: eflomal and espeak-ng are subprocesses);
+`LOOPS` says how one step runs without Beam. Then `curate` runs the same configs through Beam's
+in-process runner in this warm process, once for the offline path (embed off) and once for
+offline + simulst + simulmt: the Beam overhead is each run's CPU (less the dataset card's)
+against the loop's for the same stages. A small untimed loop first pays the one-time costs
+(imports, compiled kernels) so neither side is charged for them.
 Prints JSON.
 """
 
@@ -19,17 +19,19 @@ import json
 import os
 import sys
 from collections import defaultdict
+from functools import partial
 
-from simulforge.pipeline import card, config
+from simulforge.pipeline import card, config, dataset_configs, steps
 from simulforge.pipeline.curate import plan, run
-from simulforge.transforms import audio, multiway, publish, readers, segment, simulmt, simulst_rows
+from simulforge.transforms import audio, files, multiway, pairing, publish, readers, rooms, segment, simulate
 from simulforge.transforms.align import Outcome, TrainingSample, finish, to_clip, training_entry
-from simulforge.transforms.aligners import AlignFailure, batch_size, make_backend
+from simulforge.transforms.aligners import batch_size, make_backend
 from simulforge.transforms.embed import embed_batch, load_teacher
 from simulforge.transforms.monotonicity import measurement_pairs
-from simulforge.transforms.records import Reject, Stat, Utterance
+from simulforge.transforms.records import Reject, StageError, Stat, Utterance
 
 OFFLINE_STAGES = ("read", "join", "audio", "publish/offline")
+CONFIGS = "configs=[offline,simulst,simulmt]"  # what both sides build: simulation has its own benchmark
 
 
 def kept(items):
@@ -54,32 +56,30 @@ def by_key(pairs):
     return sorted(groups.items())
 
 
-def loop(s, work: str, limit: int | None = None) -> tuple[dict[str, float], float, int]:
-    """CPU seconds per stage of the whole graph in a plain loop; audio seconds; utterances."""
-    cpu: dict[str, float] = {}
+# -- Each step without a runner: (its input records, settings, timed) -> its output records --------
 
-    def timed(name, fn):
-        start = cpu_now()
-        result = fn()
-        cpu[name] = cpu_now() - start
-        return result
 
-    def write(config, schema, rows):
-        timed(f"publish/{config}", lambda: publish.write_shard(os.path.join(work, f"{config}.parquet"), schema, rows))
+def _read(tasks, s, timed):
+    return timed("read", lambda: [p for t in tasks for p in kept(readers.read_task(t, s.corpus[t.corpus], s.work_dir))])
 
-    tasks, _ = plan(s, lambda *_: None)
-    parts = timed("read", lambda: [p for t in tasks for p in kept(readers.read_task(t, s.corpus[t.corpus], s.work_dir))])
-    utts = timed("join", lambda: [u for key, ps in by_key(parts) for u in kept(multiway.merge(
+
+def _join(parts, s, timed):
+    return timed("join", lambda: [u for key, ps in by_key(parts) for u in kept(multiway.merge(
         key, [p for p in ps if isinstance(p, Utterance)], [p for p in ps if not isinstance(p, Utterance)],
-        s.languages))])[:limit]
-    clips = os.path.join(s.work_dir, "clips")
-    utts = timed("audio", lambda: [u for x in utts for u in kept(audio.attach_audio(x, s.sampling_rate, clips))])
-    teacher, n = load_teacher(s.embed), s.embed.batch_size
-    utts = timed("embed", lambda: [u for i in range(0, len(utts), n) for u in kept(embed_batch(utts[i:i + n], teacher))])
-    langs = s.languages
-    write("offline", publish.offline_features(langs, s.sampling_rate, teacher.dim).arrow_schema,
-          (publish.offline_row(u, langs) for u in utts))
+        s.languages))])
 
+
+def _audio(utts, s, timed):
+    clips = files.join(s.work_dir, "clips")
+    return timed("audio", lambda: [u for x in utts for u in kept(audio.attach_audio(x, s.sampling_rate, clips, s.audio))])
+
+
+def _embed(utts, s, timed):
+    teacher, n = load_teacher(s.embed), s.embed.batch_size
+    return timed("embed", lambda: [u for i in range(0, len(utts), n) for u in kept(embed_batch(utts[i:i + n], teacher))])
+
+
+def _segment(utts, s, timed):
     def segment_all():
         links = defaultdict(list)
         for lang, entries in by_key(p for u in utts for p in segment.sentence_pairs(u)):
@@ -96,10 +96,10 @@ def loop(s, work: str, limit: int | None = None) -> tuple[dict[str, float], floa
         return [x for u in segmented for x in segment.attach_crossing((u.id, {"utt": [u], "rates": rates[u.id]}))]
 
     segmented = timed("segment", segment_all)
-    segmented = timed("monotonicity", lambda: measure(segmented))
-    write("simulmt", simulmt.simulmt_features(langs).arrow_schema,
-          (r for u in segmented for r in simulmt.simulmt_rows(u, langs)))
+    return timed("monotonicity", lambda: measure(segmented))
 
+
+def _align(segmented, s, timed):
     backend = make_backend(s.align)
 
     def train():
@@ -107,7 +107,7 @@ def loop(s, work: str, limit: int | None = None) -> tuple[dict[str, float], floa
         for lang, entries in by_key(e for u in segmented for e in training_entry(u, s.align)):
             try:
                 models[lang] = backend.train(lang, [to_clip(e.utt) for e in TrainingSample._trim(entries)])[0]
-            except AlignFailure as e:
+            except StageError as e:
                 models[lang] = e
         return models
 
@@ -115,19 +115,54 @@ def loop(s, work: str, limit: int | None = None) -> tuple[dict[str, float], floa
         out, size = [], batch_size(s.align)
         for i in range(0, len(segmented), size):
             for lang, batch in by_key((u.source_lang, u) for u in segmented[i:i + size]):
-                if not isinstance(models.get(lang, AlignFailure), AlignFailure):
+                if not isinstance(models.get(lang, StageError), StageError):
                     results = backend.align(models[lang], [to_clip(u) for u in batch])
                     out += [x for u, r in zip(batch, results, strict=True)
                             for x in kept(finish((u, Outcome(r, 0.0)), None, None))]
         return out
 
     models = timed("align/train", train)
-    aligned = timed("align", lambda: align_all(models))
-    backend.close()
-    levels, block = s.segment.levels, s.align.block_samples
-    write("simulst", simulst_rows.simulst_features(langs, levels, s.sampling_rate, teacher.dim).arrow_schema,
-          (simulst_rows.row(u, langs, levels, block_samples=block, sampling_rate=s.sampling_rate,
-                            monotonicity={lv: seg.crossing for lv, seg in u.segmentations.items()}) for u in aligned))
+    try:
+        return timed("align", lambda: align_all(models))
+    finally:
+        backend.close()
+
+
+def _simulate(utts, s, timed):
+    sizes = {split: len(members) for split, members in by_key((u.split, u) for u in utts)}
+    groups = by_key(pairing.group_key(u, sizes, s.simulate.pairing.group_size) for u in utts)
+    plans = timed(pairing.PAIRING_STAGE, lambda: [p for (split, group), members in groups for p in kept(
+        pairing.plan_conversations(split, group, members, s.simulate))])
+    render = partial(simulate.render_conversation, settings=s.simulate, room_specs=simulate.room_pool(s.simulate))
+    cache = rooms.RirCache(s.simulate.room.rir_cache_size)
+    return timed(simulate.STAGE, lambda: [c for p in plans for c in kept(render(p, cache))])
+
+
+LOOPS = {"read": _read, "join": _join, "audio": _audio, "embed": _embed, "segment": _segment, "align": _align,
+         "simulate": _simulate}
+
+
+def loop(s, work: str, limit: int | None = None) -> tuple[dict[str, float], float, int]:
+    """CPU seconds per stage of the whole graph in a plain loop; audio seconds; utterances."""
+    cpu: dict[str, float] = {}
+
+    def timed(name, fn):
+        start = cpu_now()
+        result = fn()
+        cpu[name] = cpu_now() - start
+        return result
+
+    tasks, _ = plan(s, lambda *_: None)
+    records = {}
+    for item in steps.plan(s, dataset_configs.enabled(s)):
+        step = item.step
+        got = LOOPS[step.name](tasks if item.parent is None else records[item.parent.name], s, timed)
+        records[step.name] = got[:limit] if step.name == "join" else got
+        for c in item.configs:
+            rows = (r for x in records[step.name] for r in c.rows(x, s))
+            timed(f"publish/{c.NAME}", partial(publish.write_shard, os.path.join(work, f"{c.NAME}.parquet"),
+                                               c.features(s).arrow_schema, rows))
+    utts = records.get("embed", records["audio"])
     return cpu, sum(u.duration_s for u in utts), len(utts)
 
 
@@ -151,12 +186,12 @@ def beam_cpu(root: str, work: str, *overrides: str) -> tuple[float, float]:
 
 
 def main(root: str, work: str) -> dict:
-    loop(settings(root, f"{work}/warm"), f"{work}/warm", limit=40)
-    cpu, audio_s, utterances = loop(settings(root, f"{work}/loop"), f"{work}/loop")
+    loop(settings(root, f"{work}/warm", CONFIGS), f"{work}/warm", limit=40)
+    cpu, audio_s, utterances = loop(settings(root, f"{work}/loop", CONFIGS), f"{work}/loop")
     offline = sum(cpu[k] for k in OFFLINE_STAGES)
     total = sum(cpu.values())
     beam_offline, card_offline = beam_cpu(root, f"{work}/beam_offline", "configs=[offline]", "embed.enabled=false")
-    beam_full, card_full = beam_cpu(root, f"{work}/beam_full", "configs=[offline,simulst,simulmt]")
+    beam_full, card_full = beam_cpu(root, f"{work}/beam_full", CONFIGS)
     return {
         "utterances": utterances,
         "audio_s": round(audio_s, 1),

@@ -81,7 +81,7 @@ def read_utterances(data: str, configs: list[str], split: str | None, limit: int
                           for name, level in row["latency"].items() if level}
             utt.words = [(w["word"], w["start"], w["end"]) for w in row["words"] or []]
     elif source == "simulmt":
-        from simulforge.transforms.simulmt import END_OF_READ, END_OF_WRITE
+        from simulforge.pipeline.dataset_configs.simulmt import END_OF_READ, END_OF_WRITE
 
         for row in _load(data, "simulmt", ["id", "latency", "source_chunks", "target_chunks", "offline"], split,
                          limit):

@@ -7,7 +7,8 @@ Each line holds the keys of INSTANCE_KEYS (extra keys are kept when reading):
      "source": "clips/0.wav", "source_length": 1280.0}
 
 `prediction` is the detokenized output, whose whitespace-split words the `delays` and
-`elapsed` (ms, see `latency`) time one by one. The log is the record of a run: scores
+`elapsed` (ms, see `latency`) time one by one (`to_words` turns a decoded stream of tokens into
+them: a word is timed by its last subword, the token that completes it). The log is the record of a run: scores
 are recomputed from it (`rescore`), never kept apart from it, as in SimulEval's
 `--score-only`, which can read the logs written here.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,29 @@ def make_instance(
         "source": source,
         "source_length": source_length,
     }
+
+
+def to_words(stream, decode: Callable[[list[int]], str], drop: Iterable[int] = ()
+             ) -> tuple[str, list[float], list[float]]:
+    """The detokenized prediction of a decoded `driver.Stream` and, per whitespace word, its delay and
+    elapsed time.
+
+    A word is timed by its last subword: the token just before the one that starts the next word
+    (found by decoding ever longer prefixes), the last token for the last word. Tokens in `drop`
+    (e.g. speaker tags) are left out first.
+    """
+    dropped = set(drop)
+    kept = [i for i, t in enumerate(stream.tokens) if t not in dropped]
+    tokens = [stream.tokens[i] for i in kept]
+    words = decode(tokens).split()
+    starts: list[int] = []  # starts[w]: the first token at which word w exists
+    for i in range(len(tokens)):
+        n = min(len(decode(tokens[: i + 1]).split()), len(words))
+        starts += [i] * (n - len(starts))
+    starts += [len(tokens) - 1] * (len(words) - len(starts))
+    last = [starts[w + 1] - 1 if w + 1 < len(words) else len(tokens) - 1 for w in range(len(words))]
+    last = [max(i, starts[w]) for w, i in enumerate(last)]
+    return (" ".join(words), [stream.delays[kept[i]] for i in last], [stream.elapsed[kept[i]] for i in last])
 
 
 def write_instances(path: str | os.PathLike, instances: Iterable[dict[str, Any]]) -> None:

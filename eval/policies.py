@@ -1,20 +1,20 @@
-"""Read/write policies of the simultaneous driver, which families take which, and `--sweep` parsing.
+"""Read/write policies of the simultaneous driver and `--sweep` parsing.
 
-A policy only decides; the driver (driver.py) owns every model state. Decisions are taken each
-time an encoder block has been read, and everything left is written once the source ends.
+A policy only decides; the family's agent (agent.py) owns every model state and asks its policy
+each time an encoder block has been read; everything left is written once the source ends. Which
+policies a family runs is in its registry entry (models/registry.py), its default first.
 
-| policy | families | writes when | latency knob |
-|---|---|---|---|
-| `waitk` | waitk, samu | token u once k + u blocks are read (Ma et al. 2019) | `k` (blocks) |
-| `waitk` | easist | a chunk (until <|end-of-write|>) every k blocks: EASiST's fixed-policy ablation | `k` |
-| `policy-head` | easist | the policy head's p(write) after a block exceeds tau (EASiST) | `tau` |
-| `edatt` | waitk, samu | the candidate token's cross-attention on the last `frames` encoder frames sums below alpha (Papi et al. 2023a) | `alpha` |
-| `alignatt` | waitk, samu | the candidate token's most attended frame is not among the last `f` frames (Papi et al. 2023b) | `f` (encoder frames) |
-| `transducer` | jstar | the transducer emits a non-blank symbol (JSTAR) | none |
-| `offline` | all | after the whole source, decoded offline (the comparison point) | none |
+| policy | writes when | latency knob |
+|---|---|---|
+| `waitk` | token u once k + u blocks are read (Ma et al. 2019); a chunk writer (EASiST's fixed-policy ablation): a chunk, until <|end-of-write|>, every k blocks | `k` (blocks) |
+| `policy-head` | the policy head's p(write) after a block exceeds tau (EASiST) | `tau` |
+| `edatt` | the candidate token's cross-attention on the last `frames` encoder frames sums below alpha (Papi et al. 2023a) | `alpha` |
+| `alignatt` | the candidate token's most attended frame is not among the last `f` frames (Papi et al. 2023b) | `f` (encoder frames) |
+| `transducer` | the transducer emits a non-blank symbol (JSTAR) | none |
+| `offline` | after the whole source, decoded offline (the comparison point) | none |
 
 The attention policies read the cross-attention of the last decoder layer, averaged over heads,
-at the candidate token (`CrossAttention`), and apply to the encoder-decoder families only.
+at the candidate token (`CrossAttention`), and apply to encoder-decoder agents only.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from simulforge.models import registry
 
 
 class PolicyError(ValueError):
@@ -89,12 +91,6 @@ class Offline:
 
 Policy = WaitK | PolicyHead | EDAtt | AlignAtt | Transducer | Offline
 POLICIES: dict[str, type] = {p.name: p for p in (WaitK, PolicyHead, EDAtt, AlignAtt, Transducer, Offline)}
-FAMILY_POLICIES = {
-    "waitk": ("waitk", "edatt", "alignatt", "offline"),
-    "samu": ("waitk", "edatt", "alignatt", "offline"),
-    "easist": ("policy-head", "waitk", "offline"),
-    "jstar": ("transducer", "offline"),
-}
 # Without --sweep: k=3 is what the tiny configs train with; EDAtt's alpha=0.4 and AlignAtt's f=4 sit in
 # the middle of the papers' sweeps; EASiST's tau is the run's own `policy_threshold`.
 DEFAULTS = {"waitk": 3, "edatt": 0.4, "alignatt": 4}
@@ -129,9 +125,9 @@ def parse(family: str, policy: str | None, sweep: str | None, model_cfg) -> list
     """The settings to evaluate: `policy` (default: the family's first) at each `sweep` value.
 
     `sweep` is "<param>=v1,v2,...", e.g. "k=1,3,5" or "tau=0.3,0.5,0.7"; `model_cfg` supplies
-    EASiST's trained threshold when no tau is given.
+    the trained threshold (`policy_threshold`) when no tau is given.
     """
-    allowed = FAMILY_POLICIES[family]
+    allowed = registry.get(family).policies
     name = policy or allowed[0]
     if name not in allowed:
         raise PolicyError(f"--policy {name}: the {family} family runs {', '.join(allowed)}")

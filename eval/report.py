@@ -2,7 +2,8 @@
 
 scores.json:
 
-    {"run": ..., "family": ..., "data": ..., "config": ..., "split": ..., "segment_ms": ..., "languages": [...],
+    {"run": ..., "family": ..., "data": ..., "config": ..., "split": ..., "sampling_rate": ..., "segment_ms": ...,
+     "languages": [...],
      "settings": [{"name": "waitk_k=3", "policy": "waitk", "param": "k", "value": 3,
                    "compute": {"ms_per_token": ..., "tokens": ..., "seconds": ..., "utterances": ...},
                    "targets": {"de": {"BLEU": ..., "chrF": ..., "AL": ..., "LAAL": ..., "LAAL_CA": ...,

@@ -1,25 +1,26 @@
-"""EASiST (papers/003): a fully unidirectional LLM-based SimulST model.
+"""The EASiST family (papers/003): a fully unidirectional LLM-based SimulST model.
 
     features -> StreamingEncoder (block-causal, KV cache) -> BlockConvAdapter (per block: two
-    stride-2 convs, then a linear map into the LM's width) -> decoder-only LM over an interleaved
-    sequence  [prompt, speech_1, <|end-of-read|>, y_1, <|end-of-write|>, speech_2, ...]
+    stride-2 convs, then a linear map into the LM's width) -> decoder-only LM (lm.py) over an
+    interleaved sequence  [prompt, speech_1, <|end-of-read|>, y_1, <|end-of-write|>, speech_2, ...]
     -> next-token logits, and a policy head (Linear(D_lm, 2)) on the last hidden state: read/write.
 
-A training example is a `Layout`: a list of `Speech` (a run of encoder blocks, with a policy
-label at each block's last position) and `Text` (token ids, which ones are predicted, policy
-labels) segments. One `forward` serves every stage: text-only layouts (stage I SimulMT / MT),
-prompt + all speech + translation (offline ST), and interleaved chunks (SimulST); it returns the
-cross-entropy per task and the policy loss, and the recipe weighs them.
+A training example is a `Layout` of speech and text segments (easist_tasks.py, with the family's
+training tasks). One `forward` serves every stage: text-only layouts (SimulMT and MT), prompt + all
+speech + translation (offline ST), and interleaved chunks (SimulST); it returns the cross-entropy
+per task and the policy loss, and the task weighs them.
 
 Streaming inference keeps the encoder's and the LM's KV caches in an `EasistState`: `read`
 encodes one block, feeds its adapter frames to the LM and returns p(write); `write` appends
-<|end-of-read|> and decodes greedily until <|end-of-write|>. Nothing is recomputed.
+<|end-of-read|> and decodes greedily until <|end-of-write|>. Nothing is recomputed. `EasistAgent`
+writes when the policy head says so (or every k blocks), one target language per agent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +28,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from simulforge.eval.agent import Agent, DecodeOptions, Emit
+from simulforge.eval.policies import PolicyHead
+from simulforge.training.config import ConfigError
+from simulforge.training.tokenizer import lang_tag
+
 from .blocks import lengths_to_mask
+from .easist_tasks import (
+    END_OF_READ,
+    END_OF_WRITE,
+    EasistOfflineStTask,
+    EasistSftTask,
+    EasistSimulMtTask,
+    Layout,
+    Text,
+)
 from .encoder import EncoderConfig, EncoderState, FeatureNorm, StreamingEncoder
-
-
-@dataclass
-class LMConfig:
-    path: str | None = None  # a local Hugging Face causal-LM folder (e.g. Llama-3-8B-Instruct)
-    config: dict[str, Any] | None = None  # or a small HF config (with model_type) trained from scratch
-    dtype: str = "float32"  # float32 | bfloat16 | float16
-    gradient_checkpointing: bool = False
-
-    def validate(self) -> None:
-        if (self.path is None) == (self.config is None):
-            raise ValueError("model.lm: give exactly one of path (local pretrained LM) or config (from scratch)")
-        if self.path is not None and not Path(self.path).is_dir():
-            raise FileNotFoundError(f"model.lm.path: local LM folder {self.path} does not exist")
-        if self.config is not None and "model_type" not in self.config:
-            raise ValueError("model.lm.config needs a model_type (e.g. llama)")
+from .family import Family
+from .lm import LMConfig, build_lm, new_cache
 
 
 @dataclass
@@ -64,31 +65,6 @@ class EasistConfig:
         self.lm.validate()
         if self.eor_id < 0 or self.eow_id < 0:
             raise ValueError("model.eor_id / eow_id are not set (the tokenizer sets them)")
-
-
-@dataclass
-class Speech:
-    """Encoder blocks [start, stop) of the utterance; policy[i] labels the last position of block start+i."""
-
-    start: int
-    stop: int
-    policy: list[int]  # 0 read, 1 write, -100 unlabelled
-
-
-@dataclass
-class Text:
-    ids: list[int]
-    predict: list[bool]  # token i is a cross-entropy target (predicted from the position before it)
-    policy: list[int]
-
-
-@dataclass
-class Layout:
-    """One training sequence; `task` names its cross-entropy term (e.g. simulst, st, simulmt, mt)."""
-
-    task: str
-    segments: list[Speech | Text]
-    utterance: int = -1  # row of the batch's features the Speech segments read (-1: text only)
 
 
 class BlockConvAdapter(nn.Module):
@@ -131,25 +107,6 @@ class BlockConvAdapter(nn.Module):
         """One block (B, <= L, D) -> (B, out_len, D_out)."""
         valid = torch.full((block.shape[0],), block.shape[1], device=block.device)
         return self._convs(block, valid)
-
-
-def build_lm(cfg: LMConfig, vocab_size: int) -> nn.Module:
-    """The causal LM: loaded from a local folder (never downloaded) or built from a small config."""
-    cfg.validate()
-    from transformers import AutoConfig, AutoModelForCausalLM  # imported only by the models that need it
-
-    dtype = getattr(torch, cfg.dtype)
-    if cfg.path is not None:
-        lm = AutoModelForCausalLM.from_pretrained(cfg.path, local_files_only=True, dtype=dtype)
-    else:
-        options = dict(cfg.config)
-        lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(options.pop("model_type"), vocab_size=vocab_size,
-                                                                   **options), dtype=dtype)
-    if lm.get_input_embeddings().num_embeddings < vocab_size:
-        lm.resize_token_embeddings(vocab_size)
-    if cfg.gradient_checkpointing:
-        lm.gradient_checkpointing_enable()
-    return lm
 
 
 @dataclass
@@ -267,7 +224,7 @@ class Easist(nn.Module):
 
     # -- streaming inference -------------------------------------------------------------------
     def _feed(self, embeds: Tensor, state: EasistState) -> EasistState:
-        hidden, cache = self._hidden(embeds, None, state.lm_cache if state.lm_cache is not None else _new_cache())
+        hidden, cache = self._hidden(embeds, None, state.lm_cache if state.lm_cache is not None else new_cache())
         return EasistState(state.encoder, cache, hidden[:, -1], state.positions + embeds.shape[1])
 
     def start(self, prompt_ids: list[int], device=None) -> EasistState:
@@ -318,36 +275,89 @@ class Easist(nn.Module):
         return self._feed(speech.to(self._embed_tokens(torch.zeros(1, dtype=torch.long, device=feats.device)).dtype),
                           state)
 
-    @torch.no_grad()
-    def simultaneous_generate(self, feats: Tensor, prompt_ids: list[int], threshold: float | None = None,
-                              max_tokens_per_write: int = 50) -> tuple[list[int], list[int]]:
-        """Adaptive SimulST of one utterance (1, T, n_mels): read blocks until p(write) > tau, then write.
-
-        Returns (tokens, delays), delays[i] = blocks read when token i was written.
-        """
-        tau = self.cfg.policy_threshold if threshold is None else threshold
-        state, block = self.start(prompt_ids, feats.device), self.cfg.encoder.block_frames
-        n_blocks = -(-feats.shape[1] // block)
-        tokens, delays = [], []
-        for i in range(n_blocks):
-            p_write, state = self.read(feats[:, i * block:(i + 1) * block], state)
-            if p_write > tau or i == n_blocks - 1:
-                new, state = self.write(state, max_tokens_per_write)
-                tokens += new
-                delays += [i + 1] * len(new)
-        return tokens, delays
-
-    @torch.no_grad()
-    def generate(self, feats: Tensor, prompt_ids: list[int], max_tokens: int = 200) -> list[int]:
-        """Offline ST: read every block, then write once."""
-        state, block = self.start(prompt_ids, feats.device), self.cfg.encoder.block_frames
-        for i in range(-(-feats.shape[1] // block)):
-            _, state = self.read(feats[:, i * block:(i + 1) * block], state)
-        tokens, _ = self.write(state, max_tokens)
-        return tokens
+# -- simultaneous decoding ------------------------------------------------------------------------
+@dataclass
+class EasistDecoding:
+    model: EasistState
+    unwritten: int = 0  # blocks read since the last write
+    p_write: float = 0.0  # the policy head's p(write) after the last block
+    written: int = 0
 
 
-def _new_cache():
-    from transformers import DynamicCache
+class EasistAgent(Agent):
+    """One language (its prompt selects it): blocks go into the LM's cache as they are read; a write,
+    when the policy head's p(write) exceeds tau (or every k blocks), decodes until <|end-of-write|>."""
 
-    return DynamicCache()
+    def __init__(self, model: Easist, languages: list[str], policy, options: DecodeOptions):
+        self.model, self.lang, self.policy = model, languages[0], policy
+        self.prompt, self.max_len, self.max_per_write = (options.prompts[self.lang], options.max_len,
+                                                         options.max_tokens_per_write)
+        self.block_frames = model.cfg.encoder.block_frames
+        self.device = next(model.parameters()).device
+
+    def init_state(self) -> EasistDecoding:
+        return EasistDecoding(self.model.start(self.prompt, self.device))
+
+    def read(self, state: EasistDecoding, block: Tensor) -> EasistDecoding:
+        p_write, model_state = self.model.read(block, state.model)
+        return EasistDecoding(model_state, state.unwritten + 1, p_write, state.written)
+
+    def write(self, state: EasistDecoding, emit: Emit) -> EasistDecoding:
+        return self._write(state, emit, finished=False)
+
+    def finish(self, state: EasistDecoding, emit: Emit) -> EasistDecoding:
+        return self._write(state, emit, finished=True)
+
+    def _write(self, state: EasistDecoding, emit: Emit, finished: bool) -> EasistDecoding:
+        left = self.max_len - state.written
+        if state.unwritten == 0 or left <= 0:
+            return state
+        if not finished:
+            if isinstance(self.policy, PolicyHead):
+                go = self.policy.write(state.p_write, finished)
+            else:
+                go = self.policy.ready(state.unwritten, 0, finished)  # a chunk every k blocks
+            if not go:
+                return state
+            left = min(left, self.max_per_write)
+        tokens, model_state = self.model.write(state.model, left, on_token=partial(emit, self.lang))
+        return EasistDecoding(model_state, 0, state.p_write, state.written + len(tokens))
+
+    def offline(self, feats: Tensor, emit: Emit) -> None:
+        """Every speech frame fed to the LM in one call, then one write."""
+        state = self.model.read_all(feats, self.model.start(self.prompt, self.device))
+        self.model.write(state, self.max_len, on_token=partial(emit, self.lang))
+
+
+# -- the registry entry ---------------------------------------------------------------------------
+class EasistFamily(Family):
+    name = "easist"
+    model, config = Easist, EasistConfig
+    tasks = {"simulmt": EasistSimulMtTask, "st": EasistOfflineStTask, "sft": EasistSftTask}
+    policies = ("policy-head", "waitk", "offline")
+    joint = False  # the prompt selects the language: one agent per language
+
+    def specials(self, cfg: EasistConfig) -> list[str]:
+        return [END_OF_READ, END_OF_WRITE]
+
+    def finalize(self, cfg: EasistConfig, tok) -> None:
+        cfg.vocab_size, cfg.pad_id = tok.vocab_size, tok.pad_id
+        cfg.eor_id, cfg.eow_id = tok.piece_id(END_OF_READ), tok.piece_id(END_OF_WRITE)
+
+    def check_paths(self, cfg: EasistConfig) -> None:
+        if cfg.lm.path and not Path(cfg.lm.path).is_dir():
+            raise ConfigError(f"model.lm.path: local LM folder {cfg.lm.path} does not exist")
+
+    def languages(self, model: Easist, tok, available, requested) -> list[str]:
+        # A language is trained when its tag is one piece of the run's vocabulary.
+        return [lang for lang in available if tok.piece_id(lang_tag(lang)) is not None]
+
+    def check_decoding(self, languages, options) -> None:
+        if set(languages) - set(options.prompts):
+            raise ValueError(f"EASiST needs a prompt for every language, got {sorted(options.prompts)}")
+
+    def agent(self, model: Easist, languages, policy, options) -> EasistAgent:
+        return EasistAgent(model, languages, policy, options)
+
+
+FAMILY = EasistFamily()

@@ -1,15 +1,15 @@
-"""SAMU-XLS-R style semantic distillation (Khurana et al.), then speech translation.
+"""The SAMU family: SAMU-XLS-R style semantic distillation (Khurana et al.), then speech translation.
 
-Stage 1 (`distill_loss`): the speech encoder, attention-pooled to one vector and projected to
-the text embedding's size, learns to land where a sentence-embedding model put the
+Stage 1 (task `distill`, `distill_loss`): the speech encoder, attention-pooled to one vector and
+projected to the text embedding's size, learns to land where a sentence-embedding model put the
 transcript (the published `embedding` column, L2-normalised): loss = 1 - cos.
 
     features -> StreamingEncoder (B, T', D) -> AttentionPooling (B, D) -> Linear, tanh -> (B, E)
 
-Stage 2 (`forward`): an encoder-decoder ST model (a unified multilingual wait-k model, see
-waitk.py) whose encoder is the distilled one; bottleneck adapters in the encoder (and decoder)
-layers let the recipe freeze the distilled weights and train only adapters and decoder.
-Streaming inference is the wait-k model's (`st.read`, `st.write`, `st.simultaneous_generate`).
+Stage 2 (task `st`, `forward`): an encoder-decoder ST model (a wait-k model, see waitk.py) whose
+encoder is the distilled one; bottleneck adapters in the encoder (and decoder) layers let the recipe
+freeze the distilled weights and train only adapters and decoder. Decoding is the wait-k family's,
+on `st`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from simulforge.training.config import ConfigError
+from simulforge.training.tasks import Task, batch_features
+
 from .blocks import lengths_to_mask
 from .encoder import FeatureNorm
-from .waitk import WaitkConfig, WaitkST
+from .waitk import WaitkConfig, WaitkFamily, WaitkST, WaitkStTask
 
 
 @dataclass
@@ -75,3 +78,55 @@ class Samu(nn.Module):
                 waitk: dict[str, int | None]) -> tuple[Tensor, dict[str, float]]:
         """Stage 2: the ST model's joint cross-entropy (see `WaitkST.forward`)."""
         return self.st(feats, feat_lengths, targets, waitk)
+
+
+# -- training: stage 1 (stage 2 is the wait-k family's `st`) ----------------------------------------
+@dataclass
+class DistillOptions:
+    column: str = "embedding"
+
+
+class DistillTask(Task):
+    options_cls = DistillOptions
+
+    def columns(self):
+        return ["audio", self.opts.column]
+
+    def keep(self, row):
+        return row.get(self.opts.column) is not None
+
+    def check_features(self, features) -> None:
+        width = getattr(features[self.opts.column], "length", None)
+        if width not in (None, -1) and width != self.model_cfg.embedding_dim:
+            raise ConfigError(f"{self.where}: column {self.opts.column} holds {width}-dim vectors but "
+                              f"model.embedding_dim is {self.model_cfg.embedding_dim}")
+
+    def collate(self, rows, variants):
+        feats, lengths = batch_features(rows)
+        target = torch.tensor([r[self.opts.column] for r in rows], dtype=torch.float32)
+        return {"feats": feats, "lengths": lengths, "target": target}
+
+    def loss(self, model, batch):
+        return model.distill_loss(batch["feats"], batch["lengths"], batch["target"])
+
+
+# -- the registry entry: the wait-k family's, on the ST model ---------------------------------------
+class SamuFamily(WaitkFamily):
+    name = "samu"
+    model, config = Samu, SamuConfig
+    tasks = {"distill": DistillTask, "st": WaitkStTask}
+
+    def specials(self, cfg: SamuConfig) -> list[str]:
+        return super().specials(cfg.st)
+
+    def finalize(self, cfg: SamuConfig, tok) -> None:
+        super().finalize(cfg.st, tok)
+
+    def languages(self, model: Samu, tok, available, requested) -> list[str]:
+        return super().languages(model.st, tok, available, requested)
+
+    def agent(self, model: Samu, languages, policy, options):
+        return super().agent(model.st, languages, policy, options)
+
+
+FAMILY = SamuFamily()

@@ -1,31 +1,40 @@
-"""Wait-k SimulST: one streaming encoder, and one decoder per target language or one for all.
+"""The wait-k family: one streaming encoder, and one decoder per target language or one for all.
 
-Families (a), (b), (c) of the trainer, as `decoder_mode`:
+Configs bilingual*, separate* and unified* of configs/models/ are this family, as `decoder_mode`:
 - `single`: a bilingual baseline (one target language, one decoder).
 - `separate`: multilingual, a shared encoder and one decoder per target language (arXiv 2503.11080).
 - `unified`: multilingual, one shared decoder started by a target-language tag (`<2de>`).
 
-Training is joint and synchronous: the encoder runs once per utterance and every target
+Training (task `st`) is joint and synchronous: the encoder runs once per utterance and every target
 language's decoder learns from it in the same batch. Each language gets its own wait-k lag
 (`waitk={"de": 3, "es": 5}`): the same k for all is synchronous training, different ks is the
 paper's asynchronous training. Token u (0-based) may attend to the first k + u encoder blocks.
 
-Inference reads one encoder block at a time (`read`) and writes one token per language at a
-time (`write`), all with explicit state; `simultaneous_generate` runs the wait-k policy for
-several languages at once (joint decoding: one encoder pass shared by every decoder).
+Inference reads one encoder block at a time (`read`) and writes one token per language at a time
+(`write`), all with explicit state. `WaitkAgent` decodes every target language at once (joint
+decoding: one encoder pass shared by every decoder) under wait-k, EDAtt or AlignAtt.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from simulforge.eval.agent import Agent, DecodeOptions, Emit
+from simulforge.eval.policies import AlignAtt, CrossAttention, EDAtt, WaitK
+from simulforge.training.config import ConfigError
+from simulforge.training.data import get, pad
+from simulforge.training.tasks import Task, batch_features, check_languages
+from simulforge.training.tokenizer import lang_tag
+
 from .blocks import lengths_to_mask
 from .decoder import DecoderConfig, DecoderState, TransformerDecoder
 from .encoder import EncoderConfig, EncoderState, StreamingEncoder
+from .family import Family
 
 MODES = ("single", "separate", "unified")
 
@@ -149,52 +158,169 @@ class WaitkST(nn.Module):
         logits, dec = self.decoder_for(lang).step(token[:, None], state.memory, state.decoders[lang])
         return logits[:, -1], WaitkState(state.encoder, state.memory, {**state.decoders, lang: dec})
 
-    @torch.no_grad()
-    def simultaneous_generate(self, feats: Tensor, waitk: dict[str, int], max_len: int = 200
-                              ) -> dict[str, tuple[list[int], list[int]]]:
-        """Greedy wait-k decoding of one utterance (1, T, n_mels) into every language of `waitk`.
 
-        Returns {lang: (tokens, delays)}: delays[i] is the number of blocks read when token i was written.
-        """
-        block = self.cfg.encoder.block_frames
-        n_blocks = -(-feats.shape[1] // block)
-        state = self.init_state(list(waitk), 1, feats.device)
-        out = {lang: ([], []) for lang in waitk}
-        last = {lang: torch.tensor([self.start_token(lang)], device=feats.device) for lang in waitk}
-        done = dict.fromkeys(waitk, False)
-        read = 0
-        while not all(done.values()):
-            for lang, k in waitk.items():  # write while the lag allows (everything once all is read)
-                while not done[lang] and (read == n_blocks or read >= k + len(out[lang][0])):
-                    logits, state = self.write(lang, last[lang], state)
-                    token = int(logits.argmax(-1))
-                    if token == self.cfg.eos_id or len(out[lang][0]) >= max_len:
-                        done[lang] = True
-                        break
-                    out[lang][0].append(token)
-                    out[lang][1].append(read)
-                    last[lang] = torch.tensor([token], device=feats.device)
-            if read < n_blocks:
-                state = self.read(feats[:, read * block:(read + 1) * block], state)
-                read += 1
-        return out
+# -- training ------------------------------------------------------------------------------------
+@dataclass
+class StOptions:
+    languages: list[str] | None = None  # None: every language of the model
+    waitk: int | dict[str, int | None] | None = None  # None: offline; one k for all (synchronous) or per language
+    column: str = "translation"  # {lang: text}
 
-    @torch.no_grad()
-    def generate(self, feats: Tensor, feat_lengths: Tensor, lang: str, max_len: int = 200) -> list[list[int]]:
-        """Offline greedy decoding of a batch (the whole input read first)."""
-        memory, memory_lengths = self.encoder(feats, feat_lengths)
-        decoder = self.decoder_for(lang)
-        state, B = decoder.init_state(), feats.shape[0]
-        token = torch.full((B, 1), self.start_token(lang), device=feats.device)
-        mask = lengths_to_mask(memory_lengths, memory.shape[1])
-        hyps, finished = [[] for _ in range(B)], torch.zeros(B, dtype=torch.bool, device=feats.device)
-        for _ in range(max_len):
-            logits, state = decoder.step(token, memory, state, mask)
-            token = logits[:, -1].argmax(-1, keepdim=True)
-            for b in range(B):
-                if not finished[b] and int(token[b]) != self.cfg.eos_id:
-                    hyps[b].append(int(token[b]))
-            finished |= token[:, 0] == self.cfg.eos_id
-            if finished.all():
-                break
-        return hyps
+
+class WaitkStTask(Task):
+    options_cls = StOptions
+
+    def __init__(self, options, model_cfg, where):
+        super().__init__(options, model_cfg, where)
+        self.st_cfg = getattr(model_cfg, "st", model_cfg)  # SAMU wraps a wait-k model
+        self.langs = check_languages(self.opts.languages, self.st_cfg.languages, where)
+        k = self.opts.waitk
+        self.waitk = {lang: (k.get(lang) if isinstance(k, dict) else k) for lang in self.langs}
+        if isinstance(k, dict) and set(k) - set(self.langs):
+            raise ConfigError(f"{where}.waitk names languages not trained here: {sorted(set(k) - set(self.langs))}")
+        bad = {lang: v for lang, v in self.waitk.items() if v is not None and v < 1}
+        if bad:
+            raise ConfigError(f"{where}.waitk: k must be >= 1 (blocks), got {bad}")
+
+    def columns(self):
+        return ["audio"] + [f"{self.opts.column}.{lang}" for lang in self.langs]
+
+    text_columns = columns
+
+    def specials(self):
+        return [lang_tag(lang) for lang in self.langs] if self.st_cfg.decoder_mode == "unified" else []
+
+    def keep(self, row):
+        return any(get(row, f"{self.opts.column}.{lang}") for lang in self.langs)
+
+    def collate(self, rows, variants):
+        feats, lengths = batch_features(rows)
+        targets = {lang: pad([self.encode(get(r, f"{self.opts.column}.{lang}")) for r in rows], self.tok.pad_id)
+                   for lang in self.langs}
+        return {"feats": feats, "lengths": lengths, "targets": targets}
+
+    def loss(self, model, batch):
+        return model(batch["feats"], batch["lengths"], batch["targets"], self.waitk)
+
+
+# -- simultaneous decoding ------------------------------------------------------------------------
+@dataclass
+class WaitkDecoding:
+    """One utterance being decoded: the model's state, and per language the last token fed, the tokens
+    written and whether it is done; the blocks read."""
+
+    model: WaitkState
+    last: dict[str, Tensor]
+    written: dict[str, int]
+    done: dict[str, bool]
+    blocks: int = 0
+
+
+class WaitkAgent(Agent):
+    """Every language under its policy (one for all, or {lang: policy}): wait-k, EDAtt or AlignAtt.
+
+    A candidate token that the policy refuses (or an end of sentence before the source has ended) is
+    dropped without touching the cache of the tokens before it (only the projection of the new memory
+    frames is kept), and is decoded again once more audio is read."""
+
+    def __init__(self, model: WaitkST, languages: list[str], policy, options: DecodeOptions):
+        self.model, self.max_len = model, options.max_len
+        self.policies = {lang: policy[lang] if isinstance(policy, Mapping) else policy for lang in languages}
+        self.languages, self.block_frames = list(languages), model.cfg.encoder.block_frames
+        self.device = next(model.parameters()).device
+        self.attention: dict[str, CrossAttention] = {}
+        by_decoder: dict[int, CrossAttention] = {}  # a unified decoder serves every language: one hook
+        for lang, p in self.policies.items():
+            if isinstance(p, EDAtt | AlignAtt):
+                decoder = model.decoder_for(lang)
+                if id(decoder) not in by_decoder:
+                    by_decoder[id(decoder)] = CrossAttention(decoder.layers[-1].cross_attn)
+                self.attention[lang] = by_decoder[id(decoder)]
+
+    def close(self) -> None:
+        for hook in {id(a): a for a in self.attention.values()}.values():
+            hook.close()
+
+    def _token(self, token: int) -> Tensor:
+        return torch.tensor([[token]], device=self.device)
+
+    def init_state(self) -> WaitkDecoding:
+        langs = self.languages
+        return WaitkDecoding(self.model.init_state(langs, 1, self.device),
+                             {lang: self._token(self.model.start_token(lang)) for lang in langs},
+                             dict.fromkeys(langs, 0), dict.fromkeys(langs, False))
+
+    def read(self, state: WaitkDecoding, block: Tensor) -> WaitkDecoding:
+        return replace(state, model=self.model.read(block, state.model), blocks=state.blocks + 1)
+
+    def write(self, state: WaitkDecoding, emit: Emit) -> WaitkDecoding:
+        return self._write(state, emit, finished=False)
+
+    def finish(self, state: WaitkDecoding, emit: Emit) -> WaitkDecoding:
+        return self._write(state, emit, finished=True)
+
+    def _write(self, state: WaitkDecoding, emit: Emit, finished: bool) -> WaitkDecoding:
+        eos, memory = self.model.cfg.eos_id, state.model.memory
+        decoders, last, written, done = (dict(state.model.decoders), dict(state.last), dict(state.written),
+                                         dict(state.done))
+        for lang, policy in self.policies.items():
+            decoder = self.model.decoder_for(lang)
+            while not done[lang]:
+                if isinstance(policy, WaitK) and not policy.ready(state.blocks, written[lang], finished):
+                    break
+                before = decoders[lang]
+                logits, after = decoder.step(last[lang], memory, before)
+                token = int(logits[0, -1].argmax())
+                if token == eos and finished:
+                    done[lang] = True
+                elif token == eos or (lang in self.attention
+                                      and not policy.accept(self.attention[lang].weights, finished)):
+                    # Not yet: drop the candidate, keep the new memory frames' projection.
+                    decoders[lang] = DecoderState(before.self_kv, after.memory_kv, before.offset)
+                    break
+                else:
+                    decoders[lang], last[lang] = after, self._token(token)
+                    emit(lang, token)
+                    written[lang] += 1
+                    done[lang] = written[lang] >= self.max_len
+        return WaitkDecoding(WaitkState(state.model.encoder, memory, decoders), last, written, done, state.blocks)
+
+    def offline(self, feats: Tensor, emit: Emit) -> None:
+        """The encoder over the whole utterance in one call, then greedy decoding per language."""
+        memory, _ = self.model.encoder(feats, torch.tensor([feats.shape[1]], device=self.device))
+        for lang in self.languages:
+            decoder = self.model.decoder_for(lang)
+            state, token = decoder.init_state(), self._token(self.model.start_token(lang))
+            for _ in range(self.max_len):
+                logits, state = decoder.step(token, memory, state)
+                next_token = int(logits[0, -1].argmax())
+                if next_token == self.model.cfg.eos_id:
+                    break
+                emit(lang, next_token)
+                token = self._token(next_token)
+
+
+# -- the registry entry ---------------------------------------------------------------------------
+class WaitkFamily(Family):
+    name = "waitk"
+    model, config = WaitkST, WaitkConfig
+    tasks = {"st": WaitkStTask}
+    policies = ("waitk", "edatt", "alignatt", "offline")
+
+    def specials(self, cfg: WaitkConfig) -> list[str]:
+        return [lang_tag(lang) for lang in cfg.languages] if cfg.decoder_mode == "unified" else []
+
+    def finalize(self, cfg: WaitkConfig, tok) -> None:
+        cfg.decoder.vocab_size = tok.vocab_size
+        cfg.pad_id, cfg.bos_id, cfg.eos_id = tok.pad_id, tok.bos_id, tok.eos_id
+        if cfg.decoder_mode == "unified":
+            cfg.lang_token_ids = {lang: tok.piece_id(lang_tag(lang)) for lang in cfg.languages}
+
+    def languages(self, model: WaitkST, tok, available, requested) -> list[str]:
+        return list(model.cfg.languages)
+
+    def agent(self, model: WaitkST, languages, policy, options) -> WaitkAgent:
+        return WaitkAgent(model, languages, policy, options)
+
+
+FAMILY = WaitkFamily()

@@ -22,10 +22,11 @@ import datasets
 import yaml
 
 from ..transforms import files
-from ..transforms.publish import parse_shard, shard_pattern, untagged
+from ..transforms.publish import find_shards, shard_pattern, untagged
+from ..transforms.readers import CORPORA
 from . import plots
+from .dataset_configs import CONFIGS
 
-SPLITS = ["train", "validation", "test"]
 BUILD_ID_CHARS = 16
 
 # Most restrictive first: a build that mixes corpora is offered under the first that applies.
@@ -33,70 +34,7 @@ LICENSE_ORDER = ["cc-by-nc-nd-4.0", "cc-by-nc-sa-4.0", "cc-by-nc-4.0", "cc-by-sa
 LICENSE_NAMES = {"cc-by-nc-nd-4.0": "CC BY-NC-ND 4.0", "cc-by-nc-sa-4.0": "CC BY-NC-SA 4.0",
                  "cc-by-nc-4.0": "CC BY-NC 4.0", "cc-by-sa-4.0": "CC BY-SA 4.0", "cc-by-4.0": "CC BY 4.0",
                  "cc0-1.0": "CC0 1.0"}
-CORPUS_NAMES = {"mustc": "MuST-C", "covost": "CoVoST 2", "fleurs": "FLEURS"}
-CITATIONS = {
-    "mustc": """@inproceedings{di-gangi-etal-2019-must,
-  title = {{M}u{ST}-{C}: a {M}ultilingual {S}peech {T}ranslation {C}orpus},
-  author = {Di Gangi, Mattia A. and Cattoni, Roldano and Bentivogli, Luisa and Negri, Matteo and Turchi, Marco},
-  booktitle = {Proceedings of the 2019 Conference of the North {A}merican Chapter of the Association for
-               Computational Linguistics: Human Language Technologies, Volume 1 (Long and Short Papers)},
-  year = {2019},
-  pages = {2012--2017},
-  address = {Minneapolis, Minnesota},
-  publisher = {Association for Computational Linguistics},
-  url = {https://aclanthology.org/N19-1202},
-  doi = {10.18653/v1/N19-1202}
-}""",
-    "covost": """@inproceedings{wang21s_interspeech,
-  title = {{CoVoST} 2 and Massively Multilingual Speech Translation},
-  author = {Wang, Changhan and Wu, Anne and Gu, Jiatao and Pino, Juan},
-  booktitle = {Proc. Interspeech 2021},
-  year = {2021},
-  pages = {2247--2251},
-  doi = {10.21437/Interspeech.2021-2027},
-  note = {arXiv:2007.10310}
-}""",
-    "fleurs": """@inproceedings{conneau2023fleurs,
-  title = {{FLEURS}: Few-Shot Learning Evaluation of Universal Representations of Speech},
-  author = {Conneau, Alexis and Ma, Min and Khanuja, Simran and Zhang, Yu and Axelrod, Vera and Dalmia, Siddharth
-            and Riesa, Jason and Rivera, Clara and Bapna, Ankur},
-  booktitle = {2022 IEEE Spoken Language Technology Workshop (SLT)},
-  year = {2023},
-  pages = {798--805},
-  doi = {10.1109/SLT54892.2023.10023141},
-  note = {arXiv:2205.12446}
-}""",
-}
-# What one row of each config is (DESIGN.md §5), and a line showing what to do with it.
-CONFIG_ROWS = {
-    "offline": ("one multi-way utterance: audio, source text, one translation per language",
-                'row["audio"].get_all_samples(), row["translation"]["{lang}"]'),
-    "simulst": ("one utterance with every latency level: audio once, per level the chunks and where they end",
-                'row["audio"].get_all_samples(), row["words"]'),
-    "simulmt": ("one text-only sample per utterance and latency level, reads and writes interleaved",
-                'row["latency"], row["text"]["{lang}"]'),
-    "conversations": ("one simulated two-talker conversation: multi-channel audio, SOT transcript and "
-                      "translations, room, RTTM", 'row["audio"].get_all_samples().data.shape, row["sot_text"]'),
-}
-
-
 # -- Shards and the build id -------------------------------------------------------------------
-
-
-def _split_order(split: str) -> tuple[int, str]:
-    return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
-
-
-def shards(root: str) -> dict[str, dict[str, list[str]]]:
-    """config -> split -> shard paths (sorted), from `data/<config>/<split>-NNNNN-of-MMMMM[-<build>].parquet`."""
-    from apache_beam.io.filesystems import FileSystems
-
-    found: dict[str, dict[str, list[str]]] = {}
-    for meta in FileSystems.match([files.join(root, "data", "*", "*.parquet")])[0].metadata_list:
-        m = parse_shard(meta.path)
-        if m:
-            found.setdefault(m["config"], {}).setdefault(m["split"], []).append(meta.path)
-    return {c: {s: sorted(found[c][s]) for s in sorted(found[c], key=_split_order)} for c in sorted(found)}
 
 
 def _file_sha256(path: str) -> str:
@@ -176,6 +114,10 @@ def header(configs: dict[str, datasets.Features], splits: dict[str, list[str]], 
     }
 
 
+def _title(corpus: str) -> str:
+    return CORPORA[corpus].TITLE if corpus in CORPORA else corpus
+
+
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.3f}"
 
@@ -204,11 +146,10 @@ def _load_section(configs, splits, langs, build) -> list[str]:
     for name in configs:
         if not splits.get(name):
             continue
-        what, use = CONFIG_ROWS.get(name, ("", "row"))
         columns = ", ".join(f"`{c}`" for c in configs[name])
-        lines += [f"### `{name}`", "", f"One row is {what}." if what else "", f"Columns: {columns}.", "",
+        lines += [f"### `{name}`", "", f"One row is {CONFIGS[name].ROW}.", f"Columns: {columns}.", "",
                   "```python", f'ds = datasets.load_dataset(REPO, "{name}", revision=BUILD)',
-                  f'row = ds["{splits[name][0]}"][0]', use.format(lang=langs[0]), "```", ""]
+                  f'row = ds["{splits[name][0]}"][0]', CONFIGS[name].USAGE.format(lang=langs[0]), "```", ""]
     return lines
 
 
@@ -236,7 +177,7 @@ def _size_section(configs, splits, stats, figures: plots.Figures, langs) -> list
 
 def _sources_section(corpora: dict[str, str], license_: str) -> list[str]:
     lines = ["## Sources, licenses and citations", "", "| corpus | license |", "|---|---|"]
-    lines += [f"| {CORPUS_NAMES.get(c, c)} | {LICENSE_NAMES.get(lic, lic)} (`{lic}`) |" for c, lic in corpora.items()]
+    lines += [f"| {_title(c)} | {LICENSE_NAMES.get(lic, lic)} (`{lic}`) |" for c, lic in corpora.items()]
     if len(corpora) > 1:
         terms = (f"the most restrictive terms of its sources: **{LICENSE_NAMES[license_]}**"
                  if license_ in LICENSE_NAMES else "terms that cannot be ranked: each source's own terms apply")
@@ -246,8 +187,8 @@ def _sources_section(corpora: dict[str, str], license_: str) -> list[str]:
                   "here: check that your use is allowed before training on it."]
     lines += ["", "Please cite the corpora you use:", ""]
     for c in corpora:
-        if c in CITATIONS:
-            lines += [f"{CORPUS_NAMES.get(c, c)}:", "", "```bibtex", CITATIONS[c], "```", ""]
+        if c in CORPORA:
+            lines += [f"{_title(c)}:", "", "```bibtex", CORPORA[c].CITATION, "```", ""]
     return lines
 
 
@@ -256,7 +197,7 @@ def _coverage_section(stats, figures: plots.Figures, langs) -> list[str]:
              "translation:", "", "| corpus | clips | " + " | ".join(langs) + " |", "|---|---|" + "---|" * len(langs)]
     for corpus, c in stats["coverage"].items():
         cells = [str(c.get(lang, 0)) if lang not in c.get("not_in_corpus", []) else "not in corpus" for lang in langs]
-        lines.append(f"| {CORPUS_NAMES.get(corpus, corpus)} | {c.get('clips', 0)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_title(corpus)} | {c.get('clips', 0)} | " + " | ".join(cells) + " |")
     complete, total = figures.all_languages
     if total and len(langs) > 1:
         lines += ["", f"{complete} of {total} published utterances carry every language ({', '.join(langs)})."]
@@ -321,7 +262,7 @@ def render(configs: dict[str, datasets.Features], stats: dict[str, Any], *, spli
     lines = [
         "---", head.rstrip(), "---", "",
         f"# simulforge: English → {', '.join(langs)} simultaneous speech translation", "",
-        f"Multi-way speech translation data from {', '.join(CORPUS_NAMES.get(c, c) for c in corpora)}, curated by "
+        f"Multi-way speech translation data from {', '.join(map(_title, corpora))}, curated by "
         f"simulforge {run['simulforge']} into the configs {', '.join(f'`{c}`' for c in configs if splits.get(c))}.",
         "",
         f"**Dataset version: build `{build}`**, a hash of every shard's bytes and of the config hash "
@@ -348,8 +289,8 @@ def write(root: str, configs: dict[str, datasets.Features], stats: dict[str, Any
           corpora: dict[str, str], build_info: dict[str, str], sections: list[str] = ()) -> None:
     """Read the figures of the shards under `root`, save the plots beside the card and write README.md
     for build `build`."""
-    shard_map = shards(root)
-    figures = plots.collect(shard_map, langs)
+    shard_map = find_shards(root)
+    figures = plots.collect(shard_map, langs, CONFIGS)
     pictures = plots.draw(figures, stats, root)
     text = render(configs, stats, splits={c: list(s) for c, s in shard_map.items()}, langs=langs, corpora=corpora,
                   build_info=build_info, build=build, figures=figures, pictures=pictures, sections=sections)

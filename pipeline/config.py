@@ -20,11 +20,9 @@ from ..transforms.readers import CORPORA, CorpusSettings
 from ..transforms.segment import SegmentSettings
 from ..transforms.settings import ConfigError, build, deep_merge, stage_defaults
 from ..transforms.simulate import SimulateSettings
+from .dataset_configs import CONFIGS as DATASET_CONFIGS
 
 LANG_CODE = re.compile(r"^[a-z]{2,3}$")
-DATASET_CONFIGS = ("offline", "simulst", "simulmt", "conversations")
-# Each stage's defaults live in configs/stages/<name>.yaml and form the `<name>:` section.
-STAGE_SECTIONS = ("audio", "segment", "align", "embed", "simulate")
 
 
 @dataclass
@@ -105,8 +103,11 @@ class CurateSettings:
 
 
 def defaults() -> dict[str, Any]:
-    data = yaml.safe_load(resources.files("simulforge.configs").joinpath("curate.yaml").read_text())
-    return {**data, **{name: stage_defaults(name) for name in STAGE_SECTIONS}}
+    """configs/curate.yaml, and each stage's defaults (configs/stages/<name>.yaml) as its `<name>:` section."""
+    configs = resources.files("simulforge.configs")
+    data = yaml.safe_load(configs.joinpath("curate.yaml").read_text())
+    stages = sorted(f.name.removesuffix(".yaml") for f in configs.joinpath("stages").iterdir() if f.name.endswith(".yaml"))
+    return {**data, **{name: stage_defaults(name) for name in stages}}
 
 
 def parse_override(item: str) -> dict[str, Any]:

@@ -19,11 +19,9 @@ from typing import Any
 import apache_beam as beam
 
 from .. import __version__
-from ..transforms import align, embed, files, readers, segment
-from ..transforms.embed import teacher_info
-from ..transforms.publish import parse_shard, shard_name, write_shard
+from ..transforms import files, publish, readers
 from ..transforms.settings import ConfigError
-from . import card, graph, output, report, runners
+from . import card, dataset_configs, graph, output, report, runners, steps
 from .config import CurateSettings
 
 log = logging.getLogger("simulforge.curate")
@@ -77,29 +75,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _complete_shards(staging: str, schemas: dict) -> None:
-    """A shard that no record hashed into is written empty, so `-NNNNN-of-MMMMM` sets are whole."""
-    for config, splits in card.shards(staging).items():
-        for split, paths in splits.items():
-            count = int(parse_shard(paths[0])["count"])
-            present = {int(parse_shard(p)["index"]) for p in paths}
-            for i in set(range(count)) - present:
-                write_shard(files.join(staging, shard_name(config, split, i, count)), schemas[config].arrow_schema, [])
-
-
-def _tag_shards(staging: str, build: str) -> list[str]:
-    """Give every shard its build id; returns their new relative paths."""
-    tagged = []
-    for splits in card.shards(staging).values():
-        for paths in splits.values():
-            for path in paths:
-                m = parse_shard(path)
-                name = shard_name(m["config"], m["split"], int(m["index"]), int(m["count"]), build)
-                files.rename(path, files.join(staging, name))
-                tagged.append(name)
-    return tagged
-
-
 def _sort_rejects(path: str) -> None:
     if files.exists(path):
         lines = files.read_bytes(path).decode("utf-8").splitlines(keepends=True)
@@ -108,31 +83,20 @@ def _sort_rejects(path: str) -> None:
             f.write("".join(lines).encode("utf-8"))
 
 
-def build_info(settings: CurateSettings, summary: dict[str, Any], teacher: dict | None) -> dict[str, str]:
-    seg = settings.segment
-    segmenter = seg.backend if seg.backend == "align" else f"llm {seg.llm.model} (prompt {seg.llm.prompt})"
+def build_info(settings: CurateSettings, summary: dict[str, Any], built: list[steps.Step]) -> dict[str, str]:
+    """The card's "how it was built" lines: the run's, then each step's."""
     info = {"pipeline": f"simulforge {summary['simulforge']}", "git commit": summary["git_commit"],
             "config hash": summary["config_hash"], "sampling rate": f"{settings.sampling_rate} Hz",
             "dataset configs": ", ".join(settings.configs)}
-    if "simulst" in settings.configs or "simulmt" in settings.configs:
-        info["segmenter"] = f"{segmenter}; levels {', '.join(seg.levels)}"
-    if "simulst" in settings.configs:
-        info["aligner"] = (f"{settings.align.backend}; encoder block {settings.align.block_samples} samples "
-                           f"({1000 * settings.align.block_samples / settings.sampling_rate:.0f} ms)")
-    if teacher:
-        info["embedding teacher"] = f"{teacher['name']}, {teacher['dim']}-dim, prefix {teacher['prefix']!r}"
-    if "conversations" in settings.configs and settings.simulate.enabled:
-        sim = settings.simulate
-        info["simulation"] = (f"{sim.array.preset} array, RT60 {sim.room.rt60_s} s, SNR {sim.mix.snr_db} dB, "
-                              f"target overlap {sim.turn_taking.target_overlap_ratio}, seed {sim.seed}")
+    for step in built:
+        info.update(step.info(settings) if step.info else {})
     return info
 
 
-def reject_limits(settings: CurateSettings) -> dict[str, tuple[float, frozenset[str]]]:
+def reject_limits(settings: CurateSettings, built: list[steps.Step]) -> dict[str, tuple[float, frozenset[str]]]:
     """Per stage: the fraction of its input it may reject because the stage itself failed."""
-    return {"segment": (settings.segment.max_reject_fraction, segment.SYSTEMIC_REASONS),
-            "align": (settings.align.max_reject_fraction, align.SYSTEMIC_REASONS),
-            "embed": (settings.embed.max_reject_fraction, embed.SYSTEMIC_REASONS)}
+    return {step.name: (getattr(settings, step.name).max_reject_fraction, step.systemic)
+            for step in built if step.systemic}
 
 
 def run(settings: CurateSettings, extra_beam_args: list[str] | None = None, echo=print) -> dict[str, Any]:
@@ -191,15 +155,14 @@ def _build(settings: CurateSettings, options, beam_args: list[str], tasks, missi
         "languages": settings.languages, "corpora": settings.corpora, "configs": settings.configs,
         "beam_args": beam_args, "seed": settings.seed, "wall_s": round(elapsed, 1),
     }
-    sections = {}
-    if "segment" in sums:
-        sections["segment"] = segment.summarize(sums["segment"])
-    if "align" in sums:
-        sections["align"] = align.summarize(sums["align"])
-    teacher = teacher_info(settings.embed)
-    if teacher:
-        sections["embedding_teacher"] = teacher
-    stats = report.build_stats(sums, parents, run=summary, missing=missing, sections=sections)
+    built = steps.built(settings, dataset_configs.enabled(settings))
+    sections = {}  # each step's stats.json section, in the order of `steps.STEPS`
+    for step in built:
+        section = step.summary(settings, sums.get(step.name)) if step.section else None
+        if section is not None:
+            sections[step.section] = section
+    fixes = [(step.name, name) for step in steps.STEPS for name in step.fixes]
+    stats = report.build_stats(sums, parents, run=summary, missing=missing, sections=sections, fixes=fixes)
     output.discard(files.join(staging, graph.SUMS_FILE))
     _sort_rejects(files.join(staging, graph.REJECTS_FILE))
     with files.open_write(files.join(staging, "stats.json")) as f:
@@ -208,7 +171,7 @@ def _build(settings: CurateSettings, options, beam_args: list[str], tasks, missi
         bad = [s for s, e in stats["stages"].items() if not e["balanced"]]
         raise RunError(f"counts do not add up in stage(s) {', '.join(bad)}: "
                        + json.dumps({s: stats["stages"][s] for s in bad}))
-    failed = report.failures(stats["stages"], reject_limits(settings))
+    failed = report.failures(stats["stages"], reject_limits(settings, built))
     if failed:
         for line in report.summary_lines(stats):
             echo(line)
@@ -216,15 +179,15 @@ def _build(settings: CurateSettings, options, beam_args: list[str], tasks, missi
                        + "\n".join(f"  {line}" for line in failed))
 
     schemas = graph.features(settings)
-    _complete_shards(staging, schemas)
-    shards = [p for splits in card.shards(staging).values() for ps in splits.values() for p in ps]
+    publish.complete_sets(staging, schemas)
+    shards = [p for splits in publish.find_shards(staging).values() for ps in splits.values() for p in ps]
     build = card.build_id(shards, summary["config_hash"])
-    written = _tag_shards(staging, build)
+    written = publish.tag_build(staging, build)
     card.write(
         staging, schemas, stats, build=build, langs=settings.languages,
         corpora={c: settings.corpus[c].license for c in settings.corpora},
-        build_info=build_info(settings, summary, teacher),
-        sections=[segment.card_section(sections["segment"])] if "segment" in sections else [],
+        build_info=build_info(settings, summary, built),
+        sections=[step.card(sections[step.section]) for step in built if step.card and step.section in sections],
     )
     written += [p for p in output.walk(staging) if not p.startswith("data/")]
     return stats, output.write_marker(staging, build, written)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -22,11 +21,6 @@ import pyarrow.parquet as pq
 from ..transforms import files
 
 PLOTS_DIR = "plots"
-# A struct column with one field per target language, null where a row lacks that language.
-LANGUAGE_COLUMNS = ("translation", "sot_translation", "text")
-# The simulst config's struct of latency levels, each with its chunks and their end times
-# (transforms/simulst_rows.py).
-LEVELS = "latency"
 
 
 @dataclass
@@ -42,101 +36,41 @@ class Figures:
     rooms: dict[str, list[float]] = field(default_factory=dict)  # rt60_s, snr_db, overlap_ratio
 
 
-def _read(path: str, wanted) -> pa.Table:
+def _read(path: str, wanted: list[str]) -> pa.Table:
+    """The columns of `wanted` that the shard has; never audio or embeddings."""
     with files.open_read(path) as f:
         shard = pq.ParquetFile(f)
-        names = wanted(shard.schema_arrow)
+        names = [c for c in dict.fromkeys(wanted) if c in shard.schema_arrow.names]
         return shard.read(columns=names) if names else pa.table({})
 
 
-def _levels(table: pa.Table) -> dict[str, pa.StructArray]:
-    """Latency level -> its struct array, from the simulst `latency` column."""
-    container = table[LEVELS].combine_chunks()
-    return {container.type.field(i).name: pc.struct_field(container, i) for i in range(container.type.num_fields)}
-
-
-def _words_per_chunk(chunks: pa.Array) -> np.ndarray:
+def words_per_chunk(chunks: pa.Array) -> np.ndarray:
+    """Whitespace-separated words of every chunk in a list-of-strings column."""
     flat = pc.list_flatten(chunks)
     return pc.list_value_length(pc.utf8_split_whitespace(flat)).to_numpy(zero_copy_only=False)
 
 
-def _seconds_per_chunk(ends: pa.Array) -> np.ndarray:
-    """Each chunk's speech: its end minus the previous chunk's end (the first starts at 0)."""
-    ends = ends.filter(pc.is_valid(ends))
-    values = pc.list_flatten(ends).to_numpy(zero_copy_only=False).astype(float)
-    if not len(values):
-        return values
-    seconds = np.diff(values, prepend=0.0)
-    offsets = ends.offsets.to_numpy()
-    starts = offsets[:-1][offsets[:-1] < offsets[1:]] - offsets[0]
-    seconds[starts] = values[starts]
-    return seconds
-
-
-def _overlap_ratios(segments: pa.Array, durations: np.ndarray) -> list[float]:
-    """Overlapped time / conversation time, as the simulate stage counts it: only consecutive
-    turns overlap, by how far a turn starts before the previous one ends."""
-    out = []
-    for turns, duration in zip(segments.to_pylist(), durations, strict=True):
-        spans = sorted((t["start_s"], t["end_s"]) for t in turns or [])
-        overlap = sum(max(0.0, a_end - b_start) for (_, a_end), (b_start, _) in pairwise(spans))
-        if duration:
-            out.append(overlap / duration)
-    return out
-
-
-def collect(shards: dict[str, dict[str, list[str]]], langs: list[str]) -> Figures:
-    """Read the figures from `shards` (config -> split -> shard paths), one shard at a time.
-
-    Chunk lengths come from `simulmt` when it is published (one row per level), else from
-    `simulst`, so the same chunks are never counted twice. A figure whose columns a config
-    lacks is left out rather than failing the run that writes the card.
+def collect(shards: dict[str, dict[str, list[str]]], langs: list[str], configs: dict) -> Figures:
+    """Read the figures from `shards` (config -> split -> shard paths), one shard at a time:
+    rows and hours per language, and what each config (`configs`: name -> its module) adds.
+    A figure whose columns a config lacks is left out rather than failing the run that writes
+    the card.
     """
     fig = Figures()
-    for config, splits in shards.items():
+    for name, splits in shards.items():
+        config = configs[name]
+        wanted = [config.LANGUAGE_COLUMN, "duration", *config.FIGURE_COLUMNS]
         for split, paths in splits.items():
-            per_lang = fig.languages.setdefault(config, {}).setdefault(split, {lang: [0, 0.0] for lang in langs})
+            per_lang = fig.languages.setdefault(name, {}).setdefault(split, {lang: [0, 0.0] for lang in langs})
             for path in paths:
-                table = _read(path, lambda schema, c=config: _wanted(c, schema))
-                has = set(table.column_names).issuperset
-                _add_languages(table, langs, per_lang)
-                if config == "offline" and has(["duration"]):
-                    fig.durations += [d for d in table["duration"].to_pylist() if d is not None]
-                    fig.all_languages[0] += _rows_with_every(table, langs)
-                    fig.all_languages[1] += table.num_rows
-                elif config == "simulmt" and has(["latency", "source_chunks"]):
-                    chunks = table["source_chunks"].combine_chunks()
-                    levels = pc.take(table["latency"], pc.list_parent_indices(chunks)).to_pylist()
-                    for level, n in zip(levels, _words_per_chunk(chunks), strict=True):
-                        fig.chunk_words.setdefault(level, []).append(int(n))
-                elif config == "simulst" and has([LEVELS]):
-                    _add_simulst(table, fig, words="simulmt" not in shards)
-                elif config == "conversations" and has(["room", "segments", "duration"]):
-                    room = table["room"].combine_chunks()
-                    for key in ("rt60_s", "snr_db"):
-                        values = pc.struct_field(room, key).to_pylist()
-                        fig.rooms.setdefault(key, []).extend(v for v in values if v is not None)
-                    durations = table["duration"].to_numpy(zero_copy_only=False)
-                    fig.rooms.setdefault("overlap_ratio", []).extend(
-                        _overlap_ratios(table["segments"].combine_chunks(), durations))
+                table = _read(path, wanted)
+                _add_languages(table, config.LANGUAGE_COLUMN, langs, per_lang)
+                config.add_figures(table, fig, langs, shards)
     return fig
 
 
-def _language_column(names: list[str]) -> str | None:
-    return next((c for c in LANGUAGE_COLUMNS if c in names), None)
-
-
-def _wanted(config: str, schema: pa.Schema) -> list[str]:
-    """The columns `collect` reads from a shard of `config`: never audio or embeddings."""
-    names = [_language_column(schema.names), "duration"]
-    names += {"simulmt": ["latency", "source_chunks"], "conversations": ["room", "segments"],
-              "simulst": [LEVELS]}.get(config, [])
-    return [c for c in dict.fromkeys(names) if c in schema.names]
-
-
-def _add_languages(table: pa.Table, langs: list[str], per_lang: dict[str, list[float]]) -> None:
-    column = _language_column(table.column_names)
-    if column is None:
+def _add_languages(table: pa.Table, column: str, langs: list[str], per_lang: dict[str, list[float]]) -> None:
+    if column not in table.column_names:
         return
     struct = table[column].combine_chunks()
     durations = table["duration"].to_numpy(zero_copy_only=False) if "duration" in table.column_names else None
@@ -149,9 +83,9 @@ def _add_languages(table: pa.Table, langs: list[str], per_lang: dict[str, list[f
             per_lang[lang][1] += float(np.nan_to_num(durations[has].astype(float)).sum())
 
 
-def _rows_with_every(table: pa.Table, langs: list[str]) -> int:
-    column = _language_column(table.column_names)
-    if column is None:
+def rows_with_every(table: pa.Table, column: str, langs: list[str]) -> int:
+    """Rows whose per-language struct `column` has every language of `langs`."""
+    if column not in table.column_names:
         return 0
     struct = table[column].combine_chunks()
     masks = [pc.is_valid(pc.struct_field(struct, lang)) for lang in langs if struct.type.get_field_index(lang) >= 0]
@@ -161,16 +95,6 @@ def _rows_with_every(table: pa.Table, langs: list[str]) -> int:
     for mask in masks[1:]:
         every = pc.and_(every, mask)
     return int(pc.sum(every).as_py() or 0)
-
-
-def _add_simulst(table: pa.Table, fig: Figures, words: bool) -> None:
-    for level, struct in _levels(table).items():
-        if words and struct.type.get_field_index("source_chunks") >= 0:
-            counts = _words_per_chunk(pc.struct_field(struct, "source_chunks"))
-            fig.chunk_words.setdefault(level, []).extend(int(n) for n in counts)
-        if struct.type.get_field_index("chunk_end_s") >= 0:
-            seconds = _seconds_per_chunk(pc.struct_field(struct, "chunk_end_s"))
-            fig.chunk_seconds.setdefault(level, []).extend(float(s) for s in seconds)
 
 
 def summary(values: list[float]) -> dict[str, float]:

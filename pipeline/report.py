@@ -14,12 +14,10 @@ from collections import defaultdict
 from typing import Any
 
 from ..transforms import files
+from ..transforms.publish import split_order
 
 # The stat a stage's children count as their input, where it is not "out".
 PRODUCED = {"join": "utterances", "simulate/pairing": "conversations"}
-SPLITS = ["train", "validation", "test"]
-# The stats that count mended records: (stage, name).
-FIXES = [("read", "fixed_text"), ("audio", "resampled"), ("audio", "downmixed"), ("align", "word_times_clamped")]
 
 
 def load_sums(path: str) -> dict[str, dict[str, float]]:
@@ -36,7 +34,7 @@ def _rejected(s: dict[str, float]) -> dict[str, int]:
 
 def _per_split(s: dict[str, float], prefix: str, scale: float = 1.0) -> dict[str, float]:
     found = {k.split("/", 1)[1]: v * scale for k, v in s.items() if k.startswith(prefix + "/")}
-    order = sorted(found, key=lambda x: (SPLITS.index(x) if x in SPLITS else len(SPLITS), x))
+    order = sorted(found, key=split_order)
     return {k: found[k] for k in order}
 
 
@@ -67,8 +65,9 @@ def stage_table(sums: dict[str, dict[str, float]], parents: dict[str, str | None
     return table
 
 
-def build_stats(sums, parents, *, run: dict, missing: dict[str, list[str]],
-                sections: dict[str, Any]) -> dict[str, Any]:
+def build_stats(sums, parents, *, run: dict, missing: dict[str, list[str]], sections: dict[str, Any],
+                fixes: list[tuple[str, str]]) -> dict[str, Any]:
+    """stats.json; `fixes` names the (stage, stat) pairs that count records mended rather than rejected."""
     stages = stage_table(sums, parents)
     coverage: dict[str, dict[str, Any]] = defaultdict(dict)
     for name, value in sums.get("join", {}).items():
@@ -85,7 +84,7 @@ def build_stats(sums, parents, *, run: dict, missing: dict[str, list[str]],
                 "audio_hours": {k: round(v, 4) for k, v in _per_split(s, "audio_s", 1 / 3600).items()},
             }
     # What was mended rather than rejected, in records; each row lists its own in `fixes`.
-    fixes = {name: int(sums.get(stage, {}).get(name, 0)) for stage, name in FIXES}
+    fixes = {name: int(sums.get(stage, {}).get(name, 0)) for stage, name in fixes}
     return {
         "run": run,
         "stages": stages,

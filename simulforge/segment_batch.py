@@ -23,9 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from simulforge.pipeline import config as curate_config
-from simulforge.transforms import segment_llm
 from simulforge.transforms.records import AudioRef, Utterance
 from simulforge.transforms.segment import SegmentSettings
+from simulforge.transforms.segment_llm import batch
+from simulforge.transforms.segment_llm.client import openai_errors
+from simulforge.transforms.segment_llm.keys import redact
 from simulforge.transforms.settings import ConfigError
 
 
@@ -102,17 +104,17 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("submit needs --input")
             languages = [lang for lang in args.languages.split(",") if lang]
             utts = read_utterances(args.input, languages)
-            result = segment_llm.batch_submit(settings.llm, settings.levels, utts, work_dir)
+            result = batch.submit(settings.llm, settings.levels, utts, work_dir)
         elif args.action == "status":
-            result = segment_llm.batch_status(settings.llm, work_dir)
+            result = batch.status(settings.llm, work_dir)
         else:
-            result = segment_llm.batch_collect(settings.llm, settings.levels, work_dir)
+            result = batch.collect(settings.llm, settings.levels, work_dir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except segment_llm.openai_errors() as e:
+    except openai_errors() as e:
         key = os.environ.get(settings.llm.api_key_env, "").strip() if settings else ""
-        print(f"error: the batch API call failed: {segment_llm.redact(str(e), key)}", file=sys.stderr)
+        print(f"error: the batch API call failed: {redact(str(e), key)}", file=sys.stderr)
         return 1
     except json.JSONDecodeError as e:  # a reply that is not JSON (the client does not wrap that)
         print(f"error: the server's reply is not JSON ({e.msg} at character {e.pos})", file=sys.stderr)

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 from apache_beam.testing.util import assert_that
 
+from simulforge.pipeline.dataset_configs.simulst import row, simulst_features
+from simulforge.pipeline.summaries import align_summary
 from simulforge.transforms.align import (
     ERROR_BUCKET_MS,
     Align,
     SampleEntry,
     TrainingSample,
     load_settings,
-    summarize,
 )
 from simulforge.transforms.audio import attach_audio, encode_flac
 from simulforge.transforms.records import AudioRef, Segmentation, Utterance
-from simulforge.transforms.simulst_rows import row, simulst_features
 
 RATE = 16000
 LEVELS = ["low", "high"]
@@ -69,14 +69,15 @@ def segmented(utt: Utterance) -> Utterance:
     return utt.replace(segmentations=segs)
 
 
-def bad_utterances(good: list[Utterance]) -> list[Utterance]:
+def bad_utterances(good: list[Utterance], folder) -> list[Utterance]:
     first, other = good[0], good[1]
-    noise = np.random.default_rng(0).normal(0, 0.01, 2 * RATE).astype(np.float32)
+    noise = folder / "noise.flac"
+    noise.write_bytes(encode_flac(np.random.default_rng(0).normal(0, 0.01, 2 * RATE).astype(np.float32), RATE))
     unpronounceable = segmented(first.replace(source_text=first.source_text + " ꦲ"))
     chunks = segmented(first)
     chunks.segmentations["low"].source_chunks[0] = "Something else"
     return [
-        first.replace(id="bad/noise", flac=encode_flac(noise, RATE), duration_s=2.0),  # in memory
+        first.replace(id="bad/noise", audio=AudioRef(str(noise), 0.0, 2.0, RATE), duration_s=2.0),
         segmented(first.replace(id="bad/swapped", source_text=other.source_text)),
         unpronounceable.replace(id="bad/unpronounceable"),
         chunks.replace(id="bad/chunks"),
@@ -100,7 +101,7 @@ def run(demo_root, tmp_path_factory):
     settings = load_settings({"truth": str(truth), "side_outputs": str(tmp / "side")})
     paths = {name: tmp / f"{name}.pickle" for name in ("out", "rejects", "stats")}
     with beam.Pipeline() as p:
-        out, rejects, stats = p | beam.Create(good + bad_utterances(good)) | Align(settings)
+        out, rejects, stats = p | beam.Create(good + bad_utterances(good, tmp)) | Align(settings)
         _keep(out, paths["out"], "KeepOut")
         _keep(rejects, paths["rejects"], "KeepRejects")
         _keep(stats | beam.Map(lambda s: (s.name, s.value)) | beam.CombinePerKey(sum), paths["stats"], "KeepStats")
@@ -110,7 +111,7 @@ def run(demo_root, tmp_path_factory):
 
 
 def test_word_boundaries_are_accurate_against_the_true_times(run, record_property):
-    summary = summarize(run["sums"])
+    summary = align_summary(run["sums"])
     error = summary["error_ms"]
     record_property("align_error_ms", error)
     print(f"\nword-boundary error on the demo corpora: {json.dumps(error)}")
@@ -156,7 +157,7 @@ def test_side_files_hold_a_textgrid_and_a_ctm_per_clip(run):
 
 
 def test_stats_measure_training_and_alignment_speed_separately(run):
-    summary = summarize(run["sums"])
+    summary = align_summary(run["sums"])
     training, alignment = summary["training"], summary["alignment"]
     # The sample holds every clip; the silent one and the unpronounceable one are left out.
     assert training["clips"] == len(run["good"]) + len(BAD) - 2 and training["audio_min"] > 1
@@ -220,11 +221,11 @@ def test_the_training_sample_is_bounded_and_the_same_however_the_input_is_split(
     assert max(e.priority for e in kept) < min(e.priority for e in entries if e.utt.id not in set(whole))
 
 
-def test_summarize_reads_percentiles_from_the_histogram():
+def test_align_summary_reads_percentiles_from_the_histogram():
     sums = {"in": 2, "out": 2, "error/boundaries": 10, "error/sum_ms": 100.0, "error/clips": 2,
             "error/bucket/000": 5, "error/bucket/002": 4, "error/bucket/020": 1,
             "train/audio_s": 120.0, "train/cpu_s": 6.0, "aligner/audio_s": 300.0, "aligner/cpu_s": 2.0}
-    summary = summarize(sums)
+    summary = align_summary(sums)
     assert summary["error_ms"] == {"clips": 2, "boundaries": 10, "unmatched_clips": 0, "mean": 10.0,
                                    "p50": ERROR_BUCKET_MS * 1.0, "p90": ERROR_BUCKET_MS * 3.0}
     assert summary["training"]["cpu_s_per_audio_min"] == 3.0

@@ -12,20 +12,21 @@ import numpy as np
 import pytest
 
 from simulforge.transforms.align import load_settings
-from simulforge.transforms.aligners import Aligned, AlignFailure, Clip, make_backend
+from simulforge.transforms.aligners import Aligned, Clip, make_backend
 from simulforge.transforms.aligners.features import FeatureSettings, frame_levels_db, mfcc
-from simulforge.transforms.aligners.gmm import (
-    _align_features,
-    _graph,
-    _mismatch,
+from simulforge.transforms.aligners.gmm_model import (
     _top,
     _word_pdfs,
+    align_features,
     base_phone,
-    holdout_split,
+    mismatch,
+    word_graph,
 )
+from simulforge.transforms.aligners.gmm_train import holdout_split
 from simulforge.transforms.aligners.mfa import MfaBackend, match_words, missing_reason
 from simulforge.transforms.aligners.pronounce import Phonemizer, PronounceError, phone_names
 from simulforge.transforms.aligners.viterbi import augment, build_graph, gaussian_weights, viterbi
+from simulforge.transforms.records import StageError
 from simulforge.transforms.timing import spoken_words
 
 RATE = 16000
@@ -151,8 +152,8 @@ def test_top_keeps_the_largest_values_as_they_change():
 @pytest.fixture(scope="module")
 def espeak_clips():
     """40 s of synthetic speech in two voices, with the synthesizer's true word times."""
-    from simulforge.demo.corpora import load_sentences
     from simulforge.demo.espeak import synthesize
+    from simulforge.demo.script import load_sentences
 
     clips, truth = [], []
     for i, sentence in enumerate(load_sentences()[:24]):
@@ -201,7 +202,7 @@ def test_gmm_rejects_what_it_cannot_align(trained, espeak_clips):
         "too_short": "audio_too_short",
     }
     assert "'♪'" in got["unpronounceable"].detail
-    with pytest.raises(AlignFailure, match="never occurred"):
+    with pytest.raises(StageError, match="never occurred"):
         _word_pdfs(model, [("h", "@", "not-a-phone")])
 
 
@@ -215,7 +216,7 @@ def test_gmm_retries_a_lost_path_with_the_wider_beam(trained, espeak_clips):
             results = backend.align(model, clips)
         finally:
             backend.close()
-        outcomes[beam] = {r.reason if isinstance(r, AlignFailure) else "retried" if r.retried else "first try"
+        outcomes[beam] = {r.reason if isinstance(r, StageError) else "retried" if r.retried else "first try"
                           for r in results}
     assert "retried" in outcomes[0.5] and "alignment_failed" in outcomes[0.01]
 
@@ -241,11 +242,11 @@ def test_gmm_sets_the_mismatch_limit_from_held_out_clips(espeak_clips):
     for clip, phones in zip(held, pronounced, strict=True):
         frames = augment(mfcc(clip.samples, clip.rate, settings.features))
         try:
-            found = _align_features(model, frames, _graph(model, phones, settings.gmm), settings.gmm)
-        except AlignFailure as e:
+            found = align_features(model, frames, word_graph(model, phones, settings.gmm), settings.gmm)
+        except StageError as e:
             left_out[clip.id] = (e.reason, e.detail)
             continue
-        gaps.append(_mismatch(model, frames, found.path_pdfs))
+        gaps.append(mismatch(model, frames, found.path_pdfs))
     # Left out are exactly the clips holding a phone that training never saw (nor its base phone);
     # any other failure is the aligner's, and shows here.
     untrained = {clip.id for clip, phones in zip(held, pronounced, strict=True)
@@ -260,7 +261,7 @@ def test_gmm_sets_the_mismatch_limit_from_held_out_clips(espeak_clips):
 def test_gmm_with_no_usable_training_clip_says_why():
     backend = make_backend(load_settings())
     try:
-        with pytest.raises(AlignFailure) as e:
+        with pytest.raises(StageError) as e:
             backend.train("en", [Clip("s", np.zeros(RATE, np.float32), RATE, ["hello"])])
     finally:
         backend.close()
@@ -274,7 +275,7 @@ def test_mfa_words_are_matched_back_across_its_normalisation():
     timed = [("it's", 0.1, 0.3), ("well", 0.3, 0.5), ("known", 0.5, 0.8), ("ok", 0.9, 1.0)]
     assert match_words(["It's", "well-known", "OK"], timed) == [
         ("It's", 0.1, 0.3), ("well-known", 0.3, 0.8), ("OK", 0.9, 1.0)]
-    with pytest.raises(AlignFailure):
+    with pytest.raises(StageError):
         match_words(["It's", "known"], timed)
 
 
@@ -287,7 +288,7 @@ def test_mfa_missing_is_said_clearly():
     settings = load_settings({"backend": "mfa", "mfa": {"command": "no-such-mfa-command"}})
     with pytest.raises(ConfigError, match="not on PATH"):
         Align(settings)
-    with pytest.raises(AlignFailure, match="not on PATH"):
+    with pytest.raises(StageError, match="not on PATH"):
         make_backend(settings).train("en", [])
 
 

@@ -14,8 +14,9 @@ from huggingface_hub import DatasetCard
 
 from conftest import curate
 from simulforge.pipeline import card, hub, plots
+from simulforge.pipeline.dataset_configs import CONFIGS as DATASET_CONFIGS
 
-CONFIGS = ("offline", "simulmt", "conversations")  # the order graph.features gives
+CONFIGS = ("offline", "simulmt", "conversations")  # the order the dataset config registry gives
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_most_restrictive_license():
 
 def test_simulst_levels_and_alignment_error(tmp_path):
     """The simulst config (chunk times) and the align section appear on the card when present."""
-    # The layout transforms/simulst_rows.py publishes: a `latency` struct with one field per level.
+    # The layout the simulst config publishes: a `latency` struct with one field per level.
     level = pa.struct([("source_chunks", pa.list_(pa.string())), ("chunk_end_s", pa.list_(pa.float64())),
                        ("speech_seg_size", pa.list_(pa.int64()))])
     table = pa.table({
@@ -99,7 +100,7 @@ def test_simulst_levels_and_alignment_error(tmp_path):
     })
     path = tmp_path / "train-00000-of-00001.parquet"
     pq.write_table(table, path)
-    figures = plots.collect({"simulst": {"train": [str(path)]}}, ["de"])
+    figures = plots.collect({"simulst": {"train": [str(path)]}}, ["de"], DATASET_CONFIGS)
     assert figures.chunk_words == {"low": [2, 1, 3]}
     assert np.allclose(figures.chunk_seconds["low"], [0.5, 0.75, 2.0])
     assert figures.languages["simulst"]["train"]["de"] == [1, 2.0]

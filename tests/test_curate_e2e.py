@@ -130,7 +130,7 @@ def check_simulst(out, stats, offline, truth_file):
 
 
 def check_simulst_row(row, levels, block, rate):
-    """The invariants of one row (transforms/simulst_rows.py, transforms/timing.py), recomputed here."""
+    """The invariants of one row (pipeline/dataset_configs/simulst.py, transforms/timing.py), recomputed here."""
     rid, duration, words = row["id"], row["duration"] + 1e-6, row["words"]  # duration is float32
     assert [w["word"] for w in words] == spoken(row["source_text"]), rid
     assert all(0 <= w["start"] < w["end"] <= duration for w in words), rid

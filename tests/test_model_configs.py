@@ -14,7 +14,6 @@ import torch
 
 from simulforge.training import config as C
 from simulforge.training import recipes
-from simulforge.training.tasks import TASKS
 from simulforge.training.tokenizer import train_sentencepiece
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
@@ -30,24 +29,23 @@ def test_the_realistic_configs_are_found():
 
 
 def _checked(cfg: C.RunConfig):
-    """The model config and tasks, checked as `recipes.run` checks them before it opens the data."""
-    model_cfg = recipes.build_model_config(cfg.family, cfg.model)
-    tasks = []
+    """The family, model config and tasks, checked as `recipes.run` checks them before it opens the data."""
+    family = recipes.family_of(cfg.family)
+    model_cfg = recipes.build_model_config(family, cfg.model)
     for stage in cfg.stages:
-        assert stage.task in TASKS[cfg.family], (stage.name, stage.task)
+        assert stage.task in family.tasks, (stage.name, stage.task)
         assert stage.steps or stage.epochs, f"stages.{stage.name}: no steps or epochs"
-        tasks.append(TASKS[cfg.family][stage.task](stage.options, model_cfg, f"stages.{stage.name}.options"))
-    return model_cfg, tasks
+    return family, model_cfg, recipes.make_tasks(family, cfg, model_cfg)
 
 
 @pytest.mark.parametrize("name", REALISTIC)
 def test_a_realistic_config_loads_validates_and_builds_without_weights(name):
     cfg, _ = C.load(CONFIGS / f"{name}.yaml")
-    model_cfg, tasks = _checked(cfg)
+    family, model_cfg, tasks = _checked(cfg)
 
     # The weights it names are not here: the trainer's first check says which, before any work.
     with pytest.raises(C.ConfigError, match=r"/models/\S+ (does|do) not exist"):
-        recipes.check_paths(cfg)
+        recipes.check_paths(cfg, family, model_cfg)
 
     if cfg.tokenizer.kind == "hf":  # the tokenizer and the LM are the local LM folder's
         assert cfg.model["lm"]["path"] == cfg.tokenizer.path
@@ -55,12 +53,12 @@ def test_a_realistic_config_loads_validates_and_builds_without_weights(name):
         with pytest.raises(FileNotFoundError, match=f"model.lm.path: local LM folder {cfg.tokenizer.path} "):
             model_cfg.validate()
         return
-    specials = list(dict.fromkeys(recipes._specials(cfg.family, model_cfg) + [s for t in tasks for s in t.specials()]))
+    specials = recipes.specials(family, model_cfg, tasks)
     tok = train_sentencepiece(TEXTS, specials, cfg.tokenizer.vocab_size, cfg.tokenizer.model_type,
                               cfg.tokenizer.max_sentences)
-    recipes._finalize(cfg.family, model_cfg, tok)
+    family.finalize(model_cfg, tok)
     with torch.device("meta"):  # the model's own checks run in its constructor
-        model = recipes.make_model(cfg.family, model_cfg)
+        model = recipes.make_model(family, model_cfg)
     names = [n for n, _ in model.named_parameters()]
     assert sum(p.numel() for p in model.parameters()) > 10_000_000  # realistic: not a tiny model
     for stage in cfg.stages:

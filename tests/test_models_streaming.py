@@ -4,6 +4,7 @@ What the evaluator relies on: an encoder fed block by block (never re-encoding i
 the offline block-causal output; a decoder stepping with its KV cache gives the teacher-forced
 logits under the wait-k mask; a transducer streamed block by block emits what offline greedy
 decoding emits; EASiST's policy read off the streamed LM cache equals the teacher-forced one.
+The families' agents (eval/agent.py) are driven here block by block, without the evaluator's driver.
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from simulforge.eval import policies as P
+from simulforge.eval.agent import TRANSCRIPT, Agent, DecodeOptions
+from simulforge.models import registry
 from simulforge.models.decoder import DecoderConfig
 from simulforge.models.encoder import EncoderConfig, StreamingEncoder
-from simulforge.models.transducer import Jstar, JstarConfig, SlowEncoderConfig, TransducerHeadConfig
+from simulforge.models.jstar import Jstar, JstarConfig, SlowEncoderConfig
+from simulforge.models.transducer import TransducerHeadConfig
 from simulforge.models.waitk import WaitkConfig, WaitkST, waitk_mask
 
 ENC = dict(d_model=32, n_heads=2, n_layers=2, d_ff=64, dropout=0.0)
@@ -34,6 +39,33 @@ def test_encoder_stream_equals_offline_block_causal_encoding(left_blocks):
     _, state = enc.forward_block(feats[:1, 16:32], state)
     cached = state.transformer.kv[0][0].shape[2]
     assert cached == (8 if left_blocks is None else 4) and state.transformer.offset == 8
+
+
+def _stream(agent: Agent, feats: torch.Tensor) -> dict[str, tuple[list[int], list[int]]]:
+    """The agent protocol, block by block: a write after every read, then finish.
+    -> {target: (tokens, blocks read when each was written)}."""
+    out: dict[str, tuple[list[int], list[int]]] = {}
+    block, state = agent.block_frames, agent.init_state()
+    n_blocks = -(-feats.shape[1] // block)
+
+    def emit_after(read: int):
+        def emit(target: str, token: int) -> None:
+            tokens, delays = out.setdefault(target, ([], []))
+            tokens.append(token)
+            delays.append(read)
+        return emit
+
+    for read in range(1, n_blocks + 1):
+        state = agent.read(state, feats[:, (read - 1) * block:read * block])
+        state = agent.write(state, emit_after(read))
+    agent.finish(state, emit_after(n_blocks))
+    return out
+
+
+def _offline(agent: Agent, feats: torch.Tensor) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    agent.offline(feats, lambda target, token: out.setdefault(target, []).append(token))
+    return out
 
 
 def _waitk(mode: str) -> WaitkST:
@@ -88,7 +120,8 @@ def test_joint_simultaneous_decoding_keeps_each_languages_lag():
             p.copy_(torch.randn(p.shape, generator=generator))
     feats = torch.randn(1, 100, 80, generator=generator)  # 7 blocks of 16 frames
     n_blocks, lags = 7, {"de": 2, "es": 4}
-    out = model.simultaneous_generate(feats, lags, max_len=12)
+    waitk, options = registry.get("waitk"), DecodeOptions(max_len=12)
+    out = _stream(waitk.agent(model, list(lags), {lang: P.WaitK(k) for lang, k in lags.items()}, options), feats)
     for lang, k in lags.items():
         tokens, delays = out[lang]
         assert tokens == _greedy_under_the_waitk_mask(model, feats, lang, k, max_len=12), lang
@@ -97,9 +130,9 @@ def test_joint_simultaneous_decoding_keeps_each_languages_lag():
     assert out["de"][0] != _greedy_under_the_waitk_mask(model, feats, "de", lags["es"], max_len=12)
     assert out["es"][0] != _greedy_under_the_waitk_mask(model, feats, "es", lags["de"], max_len=12)
     # Offline decoding is wait-k with k past the end of the input.
+    offline = _offline(waitk.agent(model, list(lags), P.Offline(), options), feats)
     for lang in lags:
-        assert model.generate(feats, torch.tensor([100]), lang, max_len=12) == [
-            _greedy_under_the_waitk_mask(model, feats, lang, n_blocks, max_len=12)]
+        assert offline[lang] == _greedy_under_the_waitk_mask(model, feats, lang, n_blocks, max_len=12)
 
 
 def test_jstar_streaming_greedy_equals_offline_greedy():
@@ -110,7 +143,8 @@ def test_jstar_streaming_greedy_equals_offline_greedy():
                       front_end="learned", vocab_size=30)
     model = Jstar(cfg).eval()
     feats = torch.randn(1, 90, 160)
-    assert model.generate(feats) == model.decode_offline(feats)
+    streamed = _stream(registry.get("jstar").agent(model, ["de"], P.Transducer(), DecodeOptions()), feats)
+    assert tuple(streamed.get(t, ([], []))[0] for t in (TRANSCRIPT, "de")) == model.decode_offline(feats)
     select = Jstar(JstarConfig(**{**cfg.__dict__, "front_end": "select", "channel": 1})).eval()
     assert select.front(feats).shape == (1, 90, 80)
     loss, metrics = model(feats.repeat(2, 1, 1), torch.tensor([90, 60]), torch.tensor([[3, 4, 5], [6, 7, 0]]),
@@ -119,7 +153,9 @@ def test_jstar_streaming_greedy_equals_offline_greedy():
 
 
 def test_easist_adapter_and_policy_stream_like_the_teacher_forced_model():
-    from simulforge.models.easist import Easist, EasistConfig, Layout, LMConfig, Speech, Text
+    from simulforge.models.easist import Easist, EasistConfig
+    from simulforge.models.easist_tasks import Layout, Speech, Text
+    from simulforge.models.lm import LMConfig
 
     torch.manual_seed(0)
     lm = LMConfig(config=dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -143,9 +179,12 @@ def test_easist_adapter_and_policy_stream_like_the_teacher_forced_model():
     p_forced = model._policy(hidden[0, policy != -100]).softmax(-1)[:, 1]
     assert torch.allclose(torch.tensor(p_stream), p_forced, atol=1e-4)
 
-    tokens, delays = model.simultaneous_generate(feats, [6, 7], threshold=0.0, max_tokens_per_write=2)
+    easist = registry.get("easist")
+    options = DecodeOptions(max_tokens_per_write=2, prompts={"de": [6, 7]})
+    tokens, delays = _stream(easist.agent(model, ["de"], P.PolicyHead(0.0), options), feats).get("de", ([], []))
     assert len(tokens) == len(delays) and len(tokens) <= 8
-    assert len(model.generate(feats, [6, 7], max_tokens=3)) <= 3
+    offline = DecodeOptions(max_len=3, prompts={"de": [6, 7]})
+    assert len(_offline(easist.agent(model, ["de"], P.Offline(), offline), feats).get("de", [])) <= 3
     losses, _ = model([layout, Layout("mt", [Text([6, 8, 4, 9, 5], [False, False, False, True, True], [-100] * 5)])],
                       feats, torch.tensor([100]))
     assert set(losses) == {"ce/mt", "policy"}

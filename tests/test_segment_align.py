@@ -8,14 +8,14 @@ from importlib import resources
 import pytest
 
 from segment_run import run_segment
+from simulforge.pipeline.summaries import segment_card_section, segment_summary
 from simulforge.transforms import segment_align
 from simulforge.transforms.monotonicity import chunked_crossings, crossings
-from simulforge.transforms.records import AudioRef, Utterance
-from simulforge.transforms.segment import Segment, card_section, load_settings, summarize
+from simulforge.transforms.records import AudioRef, StageError, Utterance
+from simulforge.transforms.segment import Segment, load_settings
 from simulforge.transforms.segment_align import (
     EflomalSettings,
     LevelRule,
-    NoMonotoneSplit,
     align_corpus,
     alignment_tokens,
     grow_diag_final_and,
@@ -174,8 +174,9 @@ def test_segment_pair_shares_source_chunks_and_rebuilds_the_texts():
 def test_a_long_sentence_without_any_monotone_cut_is_refused():
     words = " ".join(f"w{i}" for i in range(12))
     reversed_links = {(i, 11 - i) for i in range(12)}
-    with pytest.raises(NoMonotoneSplit, match="12 source words"):
+    with pytest.raises(StageError, match="12 source words") as refused:
         segment_pair(words, {"de": words}, {"de": reversed_links}, LEVELS, RULES, 10)
+    assert refused.value.reason == "no_monotone_split"
     assert segment_pair(words, {"de": words}, {"de": reversed_links}, LEVELS, RULES, 12)[
         "low"
     ].source_chunks == [words]
@@ -259,13 +260,13 @@ def test_segment_stage_publishes_every_level_or_rejects_with_a_reason(tmp_path):
     assert all(r.stage == "segment" and r.detail for r in rejects)
     for u in out:
         assert list(u.segmentations) == LEVELS
-    summary = summarize(stats)
+    summary = segment_summary(stats)
     assert summary["utterances"] == {"in": len(utts), "out": len(pairs), "rejected": 3}
     assert summary["audio_hours"] == round(2.0 * len(utts) / 3600, 4)
     assert list(summary["chunks_per_utterance"]) == LEVELS
     rates = summary["crossing_rate"]["de"]  # measured on a second, independent alignment
     assert set(rates) == {"offline", *LEVELS} and rates["low"] < rates["offline"]
-    card = card_section(summary)
+    card = segment_card_section(summary)
     assert "| language | offline | low | medium | high |" in card and f"| de | {rates['offline']} |" in card
     assert "llm" not in summary
 
@@ -291,7 +292,7 @@ def test_a_pair_in_reverse_order_is_rejected_as_no_monotone_split(tmp_path):
                             r"sentences over 10 words need at least one", r.detail), r.detail
     assert sorted(u.id for u in out) == sorted(f"t/{n}" for n in range(len(corpus())))
     assert stats["in"] == len(utts) == len(out) + len(rejects)
-    assert summarize(stats)["utterances"] == {"in": len(utts), "out": len(corpus()), "rejected": 12}
+    assert segment_summary(stats)["utterances"] == {"in": len(utts), "out": len(corpus()), "rejected": 12}
 
 
 def test_stage_configuration_errors_come_before_any_work(tmp_path):
@@ -317,7 +318,7 @@ def test_demo_corpus_low_latency_crosses_far_less_than_offline(tmp_path):
     )
     utts = [_utt(r["id"], r["en"], {"de": r["de"], "es": r["es"]}) for r in rows]
     out, rejects, stats = run_segment(SETTINGS, utts, tmp_path)
-    summary = summarize(stats)
+    summary = segment_summary(stats)
     assert summary["utterances"]["in"] == len(rows) >= 180
     assert len(out) + len(rejects) == len(rows) and len(out) >= 0.95 * len(rows)
     for lang in ("de", "es"):

@@ -11,21 +11,13 @@ import pytest
 from fake_openai import FakeOpenAI, Reply, answer_with, completion, error
 from segment_run import run_segment
 from simulforge import segment_batch
-from simulforge.transforms import segment_llm
+from simulforge.pipeline.summaries import segment_card_section, segment_summary
 from simulforge.transforms.records import AudioRef, Utterance
-from simulforge.transforms.segment import SYSTEMIC_REASONS, Segment, card_section, load_settings, summarize
-from simulforge.transforms.segment_llm import (
-    InvalidAnswer,
-    Item,
-    LlmSegmenter,
-    batch_collect,
-    batch_status,
-    batch_submit,
-    build_messages,
-    check_answer,
-    load_prompt,
-    parse_answer,
-)
+from simulforge.transforms.segment import SYSTEMIC_REASONS, Segment, load_settings
+from simulforge.transforms.segment_llm import LlmSegmenter, keys
+from simulforge.transforms.segment_llm import batch as batch_api
+from simulforge.transforms.segment_llm.answers import InvalidAnswer, check_answer, parse_answer
+from simulforge.transforms.segment_llm.prompt import Item, build_messages, load_prompt
 from simulforge.transforms.settings import ConfigError
 
 KEY = "sk-test-DO-NOT-LEAK-4242"
@@ -321,15 +313,15 @@ def test_redaction_finds_the_key_whole_cut_wrapped_and_escaped():
         urllib.parse.quote(KEY, safe=""),
     ]
     for text in forms:
-        clean = segment_llm.redact(text, KEY)
+        clean = keys.redact(text, KEY)
         assert leaked(text) and not leaked(clean), (text, clean)
-        assert segment_llm.REDACTED in clean and segment_llm.holds_key(text, KEY)
-    assert segment_llm.redact(f"x {KEY} y", KEY) == "x [redacted] y"
-    assert segment_llm.redact("nothing to hide: sk-test", KEY) == "nothing to hide: sk-test"  # 7 characters
+        assert keys.REDACTED in clean and keys.holds_key(text, KEY)
+    assert keys.redact(f"x {KEY} y", KEY) == "x [redacted] y"
+    assert keys.redact("nothing to hide: sk-test", KEY) == "nothing to hide: sk-test"  # 7 characters
     # a piece of the key that is also in what we sent is a word of the text, not a leak
-    assert not segment_llm.holds_key("it is required", "sk-no-key-required", known="is required")
-    assert segment_llm.holds_key("it is sk-no-key", "sk-no-key-required", known="is required")
-    assert not segment_llm.holds_key("x marks the spot", "x")  # a placeholder key is no secret
+    assert not keys.holds_key("it is required", "sk-no-key-required", known="is required")
+    assert keys.holds_key("it is sk-no-key", "sk-no-key-required", known="is required")
+    assert not keys.holds_key("x marks the spot", "x")  # a placeholder key is no secret
 
 
 def test_the_api_key_never_leaks(fake, tmp_path, caplog):
@@ -357,11 +349,11 @@ def test_the_api_key_never_leaks(fake, tmp_path, caplog):
         repr(out),
         repr(rejects),
         json.dumps(stats),
-        json.dumps(summarize(stats)),
+        json.dumps(segment_summary(stats)),
         *(text for _, text in file_texts(tmp_path)),
     ]
     assert [leaked(t) for t in texts if leaked(t)] == []
-    assert all(segment_llm.REDACTED in r.detail for r in rejects)  # the echoes reached the details
+    assert all(keys.REDACTED in r.detail for r in rejects)  # the echoes reached the details
 
 
 def put_in_first_target_chunk(placeholder):
@@ -465,16 +457,16 @@ def test_the_stage_accounts_for_every_utterance(fake, tmp_path):
     out, rejects, stats = run_segment(settings, utts, tmp_path)
     assert stats["in"] == 9 and len(out) == 8 and [r.reason for r in rejects] == ["no_translation"]
     assert all(list(u.segmentations) == LEVELS for u in out)
-    summary = summarize(stats)
+    summary = segment_summary(stats)
     assert summary["llm"]["requests"] == 3  # the de+es utterances in 2 requests, the de-only one alone
     assert summary["llm"]["requests_per_utterance"] <= 0.5
     assert summary["tokens"]["prompt_per_audio_hour"] == pytest.approx(300 / (9 * 4 / 3600), rel=1e-3)
     assert set(summary["crossing_rate"]) == {"de", "es"}
-    assert "LLM: 3 requests (0.3333 per utterance" in card_section(summary)
+    assert "LLM: 3 requests (0.3333 per utterance" in segment_card_section(summary)
 
     out, rejects, stats = run_segment(settings, utts, tmp_path)
     assert len(fake.chat_requests) == 3 and stats["llm/cache_hits"] == 8
-    assert summarize(stats)["llm"]["requests_per_utterance"] == 0
+    assert segment_summary(stats)["llm"]["requests_per_utterance"] == 0
 
 
 def test_a_rejected_answer_never_reaches_the_dataset(fake, tmp_path):
@@ -494,18 +486,18 @@ def test_batch_mode_fills_the_cache_and_resumes(tmp_path):
         settings = settings_for(fake, tmp_path, batch_size=2).llm
         work = str(tmp_path / "batch")
         fake.script = [answer_with(drop_a_target_chunk)]  # the first request's first item comes back invalid
-        state = batch_submit(settings, LEVELS, utterances(5), work)
+        state = batch_api.submit(settings, LEVELS, utterances(5), work)
         lines = (tmp_path / "batch" / state["batches"][0]["requests"]).read_text().splitlines()
         assert len(lines) == 3 and json.loads(lines[0])["url"] == "/v1/chat/completions"
         files = len(fake.files)
-        assert batch_submit(settings, LEVELS, utterances(5), work)["batches"] == state["batches"]
+        assert batch_api.submit(settings, LEVELS, utterances(5), work)["batches"] == state["batches"]
         assert len(fake.files) == files  # resumed: nothing uploaded or started twice
 
-        assert batch_collect(settings, LEVELS, work)["pending_batches"] == 1
-        assert batch_status(settings, work)["batches"][0]["status"] == "completed"
-        counts = batch_collect(settings, LEVELS, work)
+        assert batch_api.collect(settings, LEVELS, work)["pending_batches"] == 1
+        assert batch_api.status(settings, work)["batches"][0]["status"] == "completed"
+        counts = batch_api.collect(settings, LEVELS, work)
         assert (counts["valid"], counts["invalid"], counts["prompt_tokens"]) == (4, 1, 300)
-        assert batch_collect(settings, LEVELS, work)["valid"] == 0  # collected once
+        assert batch_api.collect(settings, LEVELS, work)["valid"] == 0  # collected once
 
         asked = len(fake.chat_requests)
         outcomes = LlmSegmenter(settings, LEVELS).segment(utterances(5))
@@ -699,5 +691,5 @@ def test_the_key_never_leaks_from_a_real_curate(demo_root, tmp_path):
              "collect stdout": collected.stdout, "collect stderr": collected.stderr,
              **{f"simulmt row {n}": row for n, row in enumerate(rows)}, **dict(file_texts(out, work))}
     assert {where: leaked(text) for where, text in texts.items() if leaked(text)} == {}
-    assert (out / "rejected.jsonl").read_text().count(segment_llm.REDACTED) == 8  # the echoes reached the details
+    assert (out / "rejected.jsonl").read_text().count(keys.REDACTED) == 8  # the echoes reached the details
     assert {p.name for p in (work / "segment_batch").iterdir()} >= {"state.json", "items.jsonl"}

@@ -1,10 +1,14 @@
 """The simulate stage: pairing, timelines, rendering, determinism, the Beam graph and the published rows."""
 
+import atexit
 import hashlib
 import io
 import json
 import random
+import shutil
+import tempfile
 from itertools import pairwise
+from pathlib import Path
 
 import apache_beam as beam
 import datasets
@@ -14,14 +18,15 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing.util import assert_that, equal_to
 from pyannote.core import Annotation, Segment, Timeline
 from pyannote.database.util import load_rttm
 from pyannote.metrics.diarization import DiarizationErrorRate
 
-from simulforge.transforms import conversations_rows, rooms, simulate, sot
+from simulforge.pipeline.dataset_configs import conversations as conversations_config
+from simulforge.transforms import pairing, rooms, simulate, sot
 from simulforge.transforms.records import AudioRef, Conversation, Reject, Stat, Utterance
 from simulforge.transforms.settings import ConfigError
+from simulforge.transforms.stage import tally
 
 FS = 16000
 FAST = {  # small, dry rooms: RIRs in a fraction of a second
@@ -48,6 +53,17 @@ def _flac(samples: np.ndarray, fs: int = FS) -> bytes:
     return buffer.getvalue()
 
 
+# Clips live in files, as the audio stage leaves them, named by their bytes.
+CLIPS = Path(tempfile.mkdtemp(prefix="simulforge-simulate-"))
+atexit.register(shutil.rmtree, CLIPS, ignore_errors=True)
+
+
+def _with_clip(utt: Utterance, data: bytes) -> Utterance:
+    path = CLIPS / f"{hashlib.sha256(data).hexdigest()}.flac"
+    path.write_bytes(data)
+    return utt.replace(audio=AudioRef(str(path)))
+
+
 def _utterances(
     count: int, speakers: int, seconds=(1.0, 3.0), split="train", silent=False
 ) -> list[Utterance]:
@@ -56,29 +72,33 @@ def _utterances(
     for i in range(count):
         length = rng.uniform(*seconds)
         audio = np.zeros(int(length * FS), np.float32) if silent else _speech_like(length, i)
-        out.append(
-            Utterance(
-                id=f"fixture/{split}_{i:04d}",
-                corpus="fixture",
-                split=split,
-                audio=AudioRef(f"{i}.wav"),
-                speaker=f"spk{i % speakers}",
-                source_lang="en",
-                source_text=f"source words {i}",
-                translations={"de": f"deutsche Worte {i}", "es": f"palabras {i}"},
-                duration_s=len(audio) / FS,
-                flac=_flac(audio),
-            )
+        utt = Utterance(
+            id=f"fixture/{split}_{i:04d}",
+            corpus="fixture",
+            split=split,
+            audio=AudioRef(f"{i}.wav"),
+            speaker=f"spk{i % speakers}",
+            source_lang="en",
+            source_text=f"source words {i}",
+            translations={"de": f"deutsche Worte {i}", "es": f"palabras {i}"},
+            duration_s=len(audio) / FS,
         )
+        out.append(_with_clip(utt, _flac(audio)))
     return out
 
 
 def _plans(utterances, settings, split="train", group=0):
     return [
         p
-        for p in simulate.plan_conversations(split, group, utterances, settings)
-        if isinstance(p, simulate.ConversationPlan)
+        for p in pairing.plan_conversations(split, group, utterances, settings)
+        if isinstance(p, pairing.ConversationPlan)
     ]
+
+
+def _pair(split, group, utterances, settings) -> list:
+    """What the pairing stage yields for one group, counted as `run_stage` counts it."""
+    return list(tally(pairing.PAIRING_STAGE, pairing.plan_conversations(split, group, utterances, settings),
+                      len(utterances), pairing.ConversationPlan.utterance_ids))
 
 
 def _render(plan, settings, cache=None):
@@ -140,7 +160,7 @@ def test_overlap_ratio_lands_on_its_target_over_many_conversations(target):
         durations = [int(d) for d in rng.integers(1000, 8000, rng.integers(2, 9))]
         while sum(durations) > settings.pairing.max_length_s * 1000:  # as pairing guarantees
             durations.pop()
-        starts = simulate.draw_timeline(durations, rng, settings.turn_taking, settings.pairing.max_length_s)
+        starts = pairing.draw_timeline(durations, rng, settings.turn_taking, settings.pairing.max_length_s)
         ends = [s + d for s, d in zip(starts, durations, strict=True)]
         overlap = sum(max(0, e - s) for e, s in zip(ends[:-1], starts[1:], strict=True))
         ratios.append(overlap / max(ends))
@@ -173,26 +193,26 @@ def _balance(items) -> tuple[float, float, list[Reject]]:
 
 def test_too_few_speakers_rejects_each_utterance_with_its_reason():
     utterances = _utterances(6, speakers=1)
-    items = list(simulate.plan_conversations("test", 0, utterances, simulate.load_settings(FAST)))
+    items = _pair("test", 0, utterances, simulate.load_settings(FAST))
     taken, out, rejects = _balance(items)
-    assert (taken, out) == (6, 0) and not any(isinstance(p, simulate.ConversationPlan) for p in items)
+    assert (taken, out) == (6, 0) and not any(isinstance(p, pairing.ConversationPlan) for p in items)
     assert {r.reason for r in rejects} == {"too_few_speakers"} and {r.id for r in rejects} == {
         u.id for u in utterances
     }
-    assert "1 speaker(s)" in rejects[0].detail and rejects[0].stage == simulate.PAIRING_STAGE
+    assert "1 speaker(s)" in rejects[0].detail and rejects[0].stage == pairing.PAIRING_STAGE
 
 
 def test_unusable_utterances_are_rejected_and_every_utterance_is_accounted_for():
     settings = simulate.load_settings(FAST)
     good = _utterances(9, speakers=2)
     bad = [
-        good[0].replace(id="x/no_audio", flac=None, duration_s=None),
-        good[0].replace(id="x/rate", flac=_flac(_speech_like(1.0, 1), fs=8000)),
-        good[0].replace(id="x/stereo", flac=_flac(np.zeros((FS, 2), np.float32))),
-        good[0].replace(id="x/long", flac=_flac(np.zeros(FS * 20, np.float32))),
-        good[0].replace(id="x/garbage", flac=b"not a flac file"),
+        good[0].replace(id="x/no_audio", duration_s=None),
+        _with_clip(good[0].replace(id="x/rate"), _flac(_speech_like(1.0, 1), fs=8000)),
+        _with_clip(good[0].replace(id="x/stereo"), _flac(np.zeros((FS, 2), np.float32))),
+        _with_clip(good[0].replace(id="x/long"), _flac(np.zeros(FS * 20, np.float32))),
+        _with_clip(good[0].replace(id="x/garbage"), b"not a flac file"),
     ]
-    items = list(simulate.plan_conversations("train", 0, good + bad, settings))
+    items = _pair("train", 0, good + bad, settings)
     taken, out, rejects = _balance(items)
     assert taken == len(good + bad) == out + len(rejects)
     by_id = {r.id: r.reason for r in rejects}
@@ -210,9 +230,23 @@ def test_unusable_utterances_are_rejected_and_every_utterance_is_accounted_for()
         "too_long",
         "undecodable_audio",
     }
-    placed = {t.utterance.id for p in items if isinstance(p, simulate.ConversationPlan) for t in p.turns}
+    placed = {t.utterance.id for p in items if isinstance(p, pairing.ConversationPlan) for t in p.turns}
     assert len(placed) == out and not placed & set(by_id)
 
+
+
+def test_a_pairing_that_loses_an_utterance_does_not_balance():
+    """The grouped stage counts the members in and the members its outputs carry out, so an
+    utterance that is neither in a conversation nor rejected shows: in > out + rejected."""
+    settings = simulate.load_settings(FAST)
+    utterances = _utterances(12, speakers=3)
+    first = _plans(utterances, settings)[0]
+    lossy = (x for x in pairing.plan_conversations("train", 0, utterances, settings)
+             if not (isinstance(x, pairing.ConversationPlan) and x.id == first.id))
+    taken, out, rejects = _balance(list(tally(pairing.PAIRING_STAGE, lossy, len(utterances),
+                                              pairing.ConversationPlan.utterance_ids)))
+    assert taken == len(utterances) == out + len(rejects) + len(first.turns)
+    assert _balance(_pair("train", 0, utterances, settings))[1] == out + len(first.turns)  # what the stage lost
 
 
 def test_a_speaker_left_with_utterances_gets_them_rejected_as_unpaired():
@@ -222,16 +256,16 @@ def test_a_speaker_left_with_utterances_gets_them_rejected_as_unpaired():
     lonely = _utterances(7, speakers=7)[:1]  # spk0
     talker = [u.replace(id=f"fixture/talker_{i}", speaker="spk1", where=f"talker.tsv:{i + 1}")
               for i, u in enumerate(_utterances(6, speakers=1))]
-    items = list(simulate.plan_conversations("train", 3, lonely + talker, settings))
+    items = _pair("train", 3, lonely + talker, settings)
     taken, out, rejects = _balance(items)
-    plans = [p for p in items if isinstance(p, simulate.ConversationPlan)]
+    plans = [p for p in items if isinstance(p, pairing.ConversationPlan)]
     placed = {t.utterance.id for p in plans for t in p.turns}
     assert len(plans) == 1 and lonely[0].id in placed and 2 <= len(placed) <= 3
     assert taken == 7 == out + len(rejects) and out == len(placed)
     assert {r.id for r in rejects} == {u.id for u in talker} - placed
     by_id = {u.id: u for u in talker}
     for r in rejects:
-        assert (r.stage, r.reason, r.where) == (simulate.PAIRING_STAGE, "unpaired", by_id[r.id].where)
+        assert (r.stage, r.reason, r.where) == (pairing.PAIRING_STAGE, "unpaired", by_id[r.id].where)
         assert r.detail == ("speaker spk1 had utterances left when no other speaker in split 'train' "
                             "group 3 did")
 
@@ -309,7 +343,8 @@ def test_undecodable_and_silent_audio_are_rejected_per_conversation():
     settings = simulate.load_settings(FAST)
     plan = _plans(_utterances(6, speakers=2), settings)[0]
     broken = plan.turns[1].utterance
-    plan.turns[1].utterance = broken.replace(flac=broken.flac[:200])  # the header survives, the frames do not
+    # The header survives, the frames do not.
+    plan.turns[1].utterance = _with_clip(broken, Path(broken.audio.path).read_bytes()[:200])
     conversation, items = _render(plan, settings)
     assert conversation is None and [r.reason for r in items if isinstance(r, Reject)] == [
         "undecodable_audio"
@@ -324,8 +359,8 @@ def test_rows_load_with_datasets_and_decode_to_channels_by_samples(tmp_path):
     plans = _plans(_utterances(8, speakers=2), settings)[:2]
     conversations = [_render(p, settings)[0] for p in plans]
     languages = ["de", "es", "fr"]  # fr: requested, but no conversation has it
-    features = conversations_rows.conversation_features(languages, FS)
-    rows = [conversations_rows.row(c, languages) for c in conversations]
+    features = conversations_config.conversation_features(languages, FS)
+    rows = [conversations_config.row(c, languages) for c in conversations]
     path = tmp_path / "train-00000-of-00001.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=features.arrow_schema), path)
 
@@ -393,16 +428,16 @@ def test_multi_process_runner_gives_the_in_process_bytes(tmp_path, monkeypatch):
     )
     assert in_process[:2] == multi[:2]  # stats differ where they should: each worker has its own RIR cache
     digests, rejects, sums = in_process
-    assert rejects.count((simulate.PAIRING_STAGE, "too_few_speakers")) == 4  # the test split has one speaker
-    for stage in (simulate.PAIRING_STAGE, simulate.STAGE):  # each stage balances: in == out + rejected
+    assert rejects.count((pairing.PAIRING_STAGE, "too_few_speakers")) == 4  # the test split has one speaker
+    for stage in (pairing.PAIRING_STAGE, simulate.STAGE):  # each stage balances: in == out + rejected
         assert sums[stage, "in"] == sums.get((stage, "out"), 0) + sum(1 for s, _ in rejects if s == stage)
     assert sums[simulate.STAGE, "rir_cache/miss"] + sums.get((simulate.STAGE, "rir_cache/hit"), 0) == len(
         digests
     )
-    assert sums[simulate.PAIRING_STAGE, "in"] == len(utterances)
+    assert sums[pairing.PAIRING_STAGE, "in"] == len(utterances)
     groups = {}
     for utt in utterances:
-        key, _ = simulate.group_key(utt, {"train": 16, "test": 4}, settings.pairing.group_size)
+        key, _ = pairing.group_key(utt, {"train": 16, "test": 4}, settings.pairing.group_size)
         groups.setdefault(key, []).append(utt)
     plans = [p for (split, group), members in groups.items() for p in _plans(members, settings, split, group)]
     assert len(plans) >= 3 and sums[simulate.STAGE, "in"] == len(plans)
@@ -410,8 +445,11 @@ def test_multi_process_runner_gives_the_in_process_bytes(tmp_path, monkeypatch):
 
 
 def test_disabled_stage_produces_nothing():
-    settings = simulate.load_settings({**FAST, "enabled": False})
-    with beam.Pipeline() as pipeline:
-        outputs = pipeline | beam.Create(_utterances(4, speakers=2)) | simulate.Simulate(settings)
-        for i, output in enumerate(outputs):
-            assert_that(output, equal_to([]), label=f"Empty{i}")
+    """With `simulate.enabled` false the run neither builds the stage nor publishes `conversations`."""
+    from simulforge.pipeline import config, dataset_configs, steps
+
+    settings = config.load(overrides=["simulate.enabled=false"])
+    configs = dataset_configs.enabled(settings)
+    assert "conversations" in settings.configs and conversations_config not in configs
+    assert "simulate" not in {planned.step.name for planned in steps.plan(settings, configs)}
+    assert steps.plan(config.load(), dataset_configs.enabled(config.load()))[-1].step.name == "simulate"

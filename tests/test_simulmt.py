@@ -1,7 +1,12 @@
 from datasets import Dataset
 
+from simulforge.pipeline.dataset_configs.simulmt import (
+    interleave,
+    offline_text,
+    simulmt_features,
+    simulmt_rows,
+)
 from simulforge.transforms.records import AudioRef, Segmentation, Utterance
-from simulforge.transforms.simulmt import interleave, offline_text, simulmt_features, simulmt_rows
 
 
 def _utt():

@@ -6,7 +6,7 @@ from pyannote.core import Annotation, Segment, Timeline
 from pyannote.database.util import load_rttm
 from pyannote.metrics.diarization import DiarizationErrorRate
 
-from simulforge.transforms import simulate, sot
+from simulforge.transforms import pairing, simulate, sot
 from simulforge.transforms.records import AudioRef, Utterance
 from simulforge.transforms.settings import ConfigError
 
@@ -34,7 +34,7 @@ def _conversations(count: int, overlap_probability=0.6):
         durations = [int(d) for d in rng.integers(800, 6000, rng.integers(2, 9))]
         while sum(durations) > settings.pairing.max_length_s * 1000:  # as pairing guarantees
             durations.pop()
-        starts = simulate.draw_timeline(durations, rng, settings.turn_taking, settings.pairing.max_length_s)
+        starts = pairing.draw_timeline(durations, rng, settings.turn_taking, settings.pairing.max_length_s)
         first = rng.integers(2)
         turns = [
             (

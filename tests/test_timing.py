@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from simulforge.transforms.records import StageError
 from simulforge.transforms.timing import (
-    TimingError,
     check_chunk_times,
     chunk_end_times,
     clamp_to_clip,
@@ -39,7 +39,7 @@ def test_chunk_ends_are_the_ends_of_their_last_words():
     ],
 )
 def test_chunks_that_do_not_fit_the_words_are_refused(chunks, reason):
-    with pytest.raises(TimingError) as e:
+    with pytest.raises(StageError) as e:
         chunk_end_times(WORDS, chunks)
     assert e.value.reason == reason
 
@@ -48,7 +48,7 @@ def test_chunk_times_must_increase_and_stay_inside_the_clip():
     check_chunk_times([0.4, 0.8, 1.52], 1.52)  # the last chunk may end exactly at the clip's end
     for ends, reason in [([0.4, 0.4], "chunk_times_not_increasing"), ([0.8, 0.4], "chunk_times_not_increasing"),
                          ([0.4, 1.6], "chunk_outside_clip"), ([0.0, 0.4], "chunk_outside_clip")]:
-        with pytest.raises(TimingError) as e:
+        with pytest.raises(StageError) as e:
             check_chunk_times(ends, 1.52)
         assert e.value.reason == reason, ends
 

@@ -23,7 +23,7 @@ import datasets  # noqa: E402
 
 from conftest import MODEL_CONFIGS, TINY_SETS, TINY_STEPS  # noqa: E402
 from simulforge import evaluate, train  # noqa: E402
-from simulforge.eval.driver import ASR  # noqa: E402
+from simulforge.eval.agent import TRANSCRIPT as ASR  # noqa: E402
 
 # The targets each evaluated run writes; steps per stage (evaluated configs: conftest's tiny schedule).
 EVALUATED = {"separate": ["de", "es"], "samu": ["de", "es"], "easist": ["de"], "jstar": [ASR, "de"]}

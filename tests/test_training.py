@@ -15,10 +15,12 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import datasets  # noqa: E402
 from test_training_data import build_published  # noqa: E402  (the fixture dataset builder)
 
 from conftest import MODEL_CONFIGS as CONFIGS  # noqa: E402
 from conftest import TINY_STEPS, train_tiny  # noqa: E402
+from simulforge import evaluate  # noqa: E402
 from simulforge.train import main  # noqa: E402
 from simulforge.training.recipes import load_run  # noqa: E402
 
@@ -104,6 +106,21 @@ def test_the_audio_settings_are_the_data_s_unless_the_config_sets_them(tiny_runs
         summary = _run("bilingual", data, tmp_path / out, ["stages.0.steps=2", *extra])["st"]
         assert yaml.safe_load((tmp_path / out / "run.yaml").read_text())["data"]["sampling_rate"] == rate
         assert math.isfinite(summary["final_loss"])
+    # Evaluation decodes at the run's rate, here the data's 8 kHz: each clip lasts what the data says. A run
+    # that read no audio records no rate (null): it decodes at the evaluated data's.
+    durations = datasets.load_dataset(data, "offline", split="train[:2]").select_columns(["duration"])["duration"]
+    run_yaml = tmp_path / "native" / "run.yaml"
+    info = yaml.safe_load(run_yaml.read_text())
+    for recorded in (8000, None):
+        info["data"]["sampling_rate"] = recorded
+        run_yaml.write_text(yaml.safe_dump(info, sort_keys=False))
+        out = tmp_path / f"eval_{recorded}"
+        assert evaluate.main(["--run", str(tmp_path / "native"), "--data", data, "--split", "train", "--limit", "2",
+                              "--policy", "offline", "--max-len", "20", "--out", str(out)]) == 0
+        assert json.loads((out / "scores.json").read_text())["sampling_rate"] == 8000
+        log = (out / "offline" / "de" / "instances.log").read_text().splitlines()
+        lengths = [json.loads(line)["source_length"] for line in log]
+        assert lengths == pytest.approx([1000 * d for d in durations], abs=1)
     # A channel count the config gives must be the audio's.
     out = tmp_path / "run"
     _fails(["--config", str(CONFIGS / "jstar_tiny.yaml"), "--data", tiny_runs.data, "--out", str(out),

@@ -57,7 +57,8 @@ def speak(text: str, voice: str = "en", rate: int = RATE) -> np.ndarray:
     return resample_poly(samples, rate // 50, own // 50).astype(np.float32)
 
 
-def _utterances(rate: int = RATE):
+def _utterances(clips, rate: int = RATE):
+    """The fixture's utterances, their clips written into the folder `clips` as the audio stage would."""
     from simulforge.transforms.audio import encode_flac
     from simulforge.transforms.records import AudioRef, Segmentation, Utterance
 
@@ -76,10 +77,12 @@ def _utterances(rate: int = RATE):
             translations.pop("es")  # a clip without a Spanish translation
             for seg in segs.values():
                 seg.target_chunks.pop("es")
+        clip = clips / f"utt_{i}.flac"
+        clip.write_bytes(encode_flac(samples, rate))
         utts.append(Utterance(
-            id=f"demo/utt_{i}", corpus="demo", split="train", audio=AudioRef(f"utt_{i}.wav"), speaker=f"spk{i % 2}",
+            id=f"demo/utt_{i}", corpus="demo", split="train", audio=AudioRef(str(clip)), speaker=f"spk{i % 2}",
             source_lang="en", source_text=" ".join(src), translations=translations, duration_s=duration,
-            flac=encode_flac(samples, rate), segmentations=segs, embedding=(emb / np.linalg.norm(emb)).tolist()))
+            segmentations=segs, embedding=(emb / np.linalg.norm(emb)).tolist()))
     return utts
 
 
@@ -101,7 +104,7 @@ def _timed(utt):
 
 
 def simulst_rows_of(utts, rate: int = RATE) -> tuple[datasets.Features, list[dict]]:
-    from simulforge.transforms.simulst_rows import row, simulst_features
+    from simulforge.pipeline.dataset_configs.simulst import row, simulst_features
 
     features = simulst_features(LANGS, LEVELS, rate, 384)
     block = BLOCK_SAMPLES * rate // RATE  # 960 ms at any rate
@@ -109,7 +112,7 @@ def simulst_rows_of(utts, rate: int = RATE) -> tuple[datasets.Features, list[dic
 
 
 def _conversations(utts, rate: int = RATE):
-    from simulforge.transforms.conversations_rows import conversation_features, row
+    from simulforge.pipeline.dataset_configs.conversations import conversation_features, row
     from simulforge.transforms.records import Conversation
     from simulforge.transforms.simulate import _flac
     from simulforge.transforms.sot import segment_table, sot_text, sot_translations
@@ -118,8 +121,8 @@ def _conversations(utts, rate: int = RATE):
     tokens = {"SELF": SELF, "OTHER": OTHER}
     for k in range(3):
         a, b = utts[2 * k], utts[2 * k + 1]
-        sa, _ = D_decode(a.flac)
-        sb, _ = D_decode(b.flac)
+        sa, _ = D_decode(open(a.audio.path, "rb").read())
+        sb, _ = D_decode(open(b.audio.path, "rb").read())
         gap = int(0.2 * rate)
         n = len(sa) + gap + len(sb)
         channels = np.zeros((2, n), np.float32)
@@ -150,10 +153,12 @@ def D_decode(flac: bytes):
 def build_published(root, *, embedding: bool = True, drop_configs=(), rate: int = RATE) -> str:
     """A dataset folder in the published layout with offline, simulst, simulmt and conversations,
     its audio at `rate`."""
-    from simulforge.transforms.publish import offline_features, offline_row
-    from simulforge.transforms.simulmt import simulmt_features, simulmt_rows
+    from simulforge.pipeline.dataset_configs.offline import offline_features, offline_row
+    from simulforge.pipeline.dataset_configs.simulmt import simulmt_features, simulmt_rows
 
-    utts = _utterances(rate)
+    clips = root.parent / f"{root.name}.clips"  # beside the dataset folder, which holds only the dataset
+    clips.mkdir(parents=True, exist_ok=True)
+    utts = _utterances(clips, rate)
     conv_rows, conv_features = _conversations(utts, rate)
     configs = {
         "offline": (offline_features(LANGS, rate, 384 if embedding else None), [offline_row(u, LANGS) for u in utts]),
@@ -198,7 +203,7 @@ def test_log_mel_shape_and_a_tone_lands_in_the_right_band():
     centres = np.array([700 * (10 ** (m / 2595) - 1) for m in np.linspace(2595 * np.log10(1 + 20 / 700),
                                                                           2595 * np.log10(1 + 8000 / 700), 82)[1:-1]])
     assert abs(centres[peak] - 1000) < 80
-    assert D.log_mel(torch.zeros(1, 100)).shape == (1, 1, 80)  # shorter than a window: one frame
+    assert D.log_mel(torch.zeros(1, 100), RATE).shape == (1, 1, 80)  # shorter than a window: one frame
 
 
 def test_features_are_computed_once_and_cached(published, tmp_path):
@@ -273,10 +278,10 @@ def test_simulst_chunks_use_the_published_labels_or_recompute_them_for_another_b
 
     row = datasets.load_dataset(published, "simulst", split="train").remove_columns("audio")[0]
     low = row["latency"]["low"]
-    same = chunks(row, "de", None, BLOCK_SAMPLES // 160)["low"]
+    same = chunks(row, "de", None, BLOCK_SAMPLES // 160, RATE)["low"]
     assert [c.stop_block for c in same] == [-(-s // BLOCK_SAMPLES) for s in low["speech_seg_size"]]
     assert [label for c in same for label in c.labels] == low["labels"]
     assert [c.target for c in same] == low["target_chunks"]["de"]
-    finer = chunks(row, "de", ["low"], 32)["low"]  # 320 ms blocks: three times as many, same rule
+    finer = chunks(row, "de", ["low"], 32, RATE)["low"]  # 320 ms blocks: three times as many, same rule
     assert finer[-1].stop_block >= same[-1].stop_block and all(c.labels[-1] == 1 for c in finer if c.labels)
     assert sum(len(c.labels) for c in finer) == finer[-1].stop_block

@@ -1,2 +1,3 @@
 """Training from a published dataset: data.py (datasets -> features -> buckets), tokenizer.py,
-tasks.py (per-stage batches and losses), loop.py (the loop), recipes.py (a run: checks, stages)."""
+tasks.py (the `Task` base; each model family defines its tasks beside its model), simulst.py (the
+simulst config's chunks and policy labels), loop.py (the loop), recipes.py (a run: checks, stages)."""

@@ -97,7 +97,7 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
     return torch.from_numpy(fb.T.astype(np.float32))
 
 
-def log_mel(wave: torch.Tensor, sample_rate: int = 16000, n_mels: int = 80) -> torch.Tensor:
+def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int = 80) -> torch.Tensor:
     """(C, n) samples -> (C, T, n_mels) log-mel energies, T = 1 + (n - win) // hop (at least 1)."""
     win, hop, n_fft = round(0.025 * sample_rate), round(FRAME_HOP_S * sample_rate), 512
     while n_fft < win:

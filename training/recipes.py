@@ -6,11 +6,9 @@ model config. Then each stage trains in `<out>/<stage>/` (checkpoint.pt while ru
 and done.json when finished); a rerun skips finished stages and resumes the running one exactly.
 The run's final weights, tokenizer and resolved config (`run.yaml`) are what `load_run` reads.
 
-Stages per family (configs/models/*.yaml):
-- waitk (bilingual / separate / unified; sync or async wait-k): `st`.
-- jstar: `mt` (text-to-text transducer pretraining of slow encoder + ST head), then `joint`.
-- samu: `distill` (speech -> sentence embedding, cosine), then `st` (adapters, decoder).
-- easist: `simulmt` (LM learns the interleaved format), `st` (LM frozen), `sft` (+ policy).
+Everything that differs between model families (the model, its config, its tasks, its special
+tokens and the ids the config takes from the tokenizer) comes from the family's registry entry
+(models/registry.py); the stages are the config's.
 """
 
 from __future__ import annotations
@@ -27,73 +25,57 @@ import yaml
 from torch import nn
 
 from simulforge.models import registry
+from simulforge.models.family import Family
 
 from . import data as D
 from .config import ConfigError, InitConfig, RunConfig, StageConfig, build, to_plain
 from .loop import FINAL, JsonlLog, StagePlan, resolve_device, seed_everything, train_stage
-from .tasks import END_OF_READ, END_OF_WRITE, TASKS, Task
-from .tokenizer import Tokenizer, build_tokenizer, lang_tag, load_tokenizer
+from .tasks import Task
+from .tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 
 TOKENIZER_FILE, RUN_FILE = "tokenizer.model", "run.yaml"
 
 
-# -- families: special tokens and the ids the model config takes from the tokenizer ---------------
-def _waitk_specials(cfg) -> list[str]:
-    return [lang_tag(lang) for lang in cfg.languages] if cfg.decoder_mode == "unified" else []
-
-
-def _waitk_finalize(cfg, tok: Tokenizer) -> None:
-    cfg.decoder.vocab_size = tok.vocab_size
-    cfg.pad_id, cfg.bos_id, cfg.eos_id = tok.pad_id, tok.bos_id, tok.eos_id
-    if cfg.decoder_mode == "unified":
-        cfg.lang_token_ids = {lang: tok.piece_id(lang_tag(lang)) for lang in cfg.languages}
-
-
-def _specials(family: str, cfg) -> list[str]:
-    if family == "waitk":
-        return _waitk_specials(cfg)
-    if family == "samu":
-        return _waitk_specials(cfg.st)
-    if family == "easist":
-        return [END_OF_READ, END_OF_WRITE]
-    return []
-
-
-def _finalize(family: str, cfg, tok: Tokenizer) -> None:
-    if family == "waitk":
-        _waitk_finalize(cfg, tok)
-    elif family == "samu":
-        _waitk_finalize(cfg.st, tok)
-    elif family == "jstar":
-        cfg.vocab_size, cfg.blank_id = tok.vocab_size, tok.pad_id
-    elif family == "easist":
-        cfg.vocab_size, cfg.pad_id = tok.vocab_size, tok.pad_id
-        cfg.eor_id, cfg.eow_id = tok.piece_id(END_OF_READ), tok.piece_id(END_OF_WRITE)
-
-
-def build_model_config(family: str, model: dict[str, Any]):
+def family_of(name: str) -> Family:
     try:
-        entry = registry.get(family)
+        return registry.get(name)
     except KeyError as e:
         raise ConfigError(f"family: {e.args[0]}") from None
-    return build(entry.config, model, "model")
 
 
-def make_model(family: str, model_cfg) -> nn.Module:
+def build_model_config(family: Family, model: dict[str, Any]):
+    return build(family.config, model, "model")
+
+
+def make_model(family: Family, model_cfg) -> nn.Module:
     try:
-        return registry.get(family).model(model_cfg)
+        return family.model(model_cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
 
+def make_tasks(family: Family, cfg: RunConfig, model_cfg) -> list[Task]:
+    """One task per stage, its options checked."""
+    tasks = []
+    for stage in cfg.stages:
+        if stage.task not in family.tasks:
+            raise ConfigError(f"stages.{stage.name}.task: {family.name} has tasks {', '.join(family.tasks)}, "
+                              f"not {stage.task!r}")
+        tasks.append(family.tasks[stage.task](stage.options, model_cfg, f"stages.{stage.name}.options"))
+    return tasks
+
+
+def specials(family: Family, model_cfg, tasks: list[Task]) -> list[str]:
+    """The special tokens the vocabulary needs: the model config's, then its tasks'."""
+    return list(dict.fromkeys(family.specials(model_cfg) + [s for t in tasks for s in t.specials()]))
+
+
 # -- checks before anything runs --------------------------------------------------------------
-def check_paths(cfg: RunConfig) -> None:
+def check_paths(cfg: RunConfig, family: Family, model_cfg) -> None:
     """Every local path the config names must exist."""
     if cfg.tokenizer.path and not Path(cfg.tokenizer.path).exists():
         raise ConfigError(f"tokenizer.path: {cfg.tokenizer.path} does not exist")
-    lm = cfg.model.get("lm") if isinstance(cfg.model.get("lm"), dict) else None
-    if lm and lm.get("path") and not Path(lm["path"]).is_dir():
-        raise ConfigError(f"model.lm.path: local LM folder {lm['path']} does not exist")
+    family.check_paths(model_cfg)
     for stage in cfg.stages:
         if stage.init is not None and not Path(stage.init.path).is_file():
             raise ConfigError(f"stages.{stage.name}.init.path: local weights {stage.init.path} do not exist")
@@ -116,14 +98,16 @@ def _open(data: str, stage: StageConfig, task: Task, split: str, cfg: RunConfig,
     return ds
 
 
-def _sampling_rate(cfg: RunConfig, tasks: list[Task]) -> int:
-    """data.sampling_rate, or when null the published audio's (one rate for every config the stages read)."""
+def _sampling_rate(cfg: RunConfig, tasks: list[Task]) -> int | None:
+    """data.sampling_rate, or when null the published audio's (one rate for every config the stages read).
+
+    A run without audio stages has none: its evaluation decodes at the evaluated data's rate."""
     rates = {t.rate for t in tasks if t.needs_audio}
     if cfg.data.sampling_rate is not None:
         return cfg.data.sampling_rate  # the audio is resampled to it
     if len(rates) > 1:
         raise ConfigError(f"data.sampling_rate: the stages' audio is published at {sorted(rates)} Hz; set one rate")
-    return rates.pop() if rates else 16000  # text-only runs: the rate an audio stage would default to
+    return rates.pop() if rates else None
 
 
 def _materialize(ds, task: Task, cfg: RunConfig, stage: StageConfig):
@@ -207,20 +191,15 @@ def run(cfg: RunConfig, data: str, out: str | Path, only_stage: str | None = Non
         echo: bool = True) -> dict[str, Any]:
     """Train every stage of `cfg` on the published dataset `data` into `out`; returns the summaries."""
     out = Path(out)
-    check_paths(cfg)
-    model_cfg = build_model_config(cfg.family, cfg.model)
-    tasks_of = TASKS[cfg.family]
+    family = family_of(cfg.family)
+    model_cfg = build_model_config(family, cfg.model)
+    check_paths(cfg, family, model_cfg)
     names = [s.name for s in cfg.stages]
     if not cfg.stages or len(set(names)) != len(names):
         raise ConfigError(f"stages: need at least one stage, with distinct names; got {names}")
     if only_stage is not None and only_stage not in names:
         raise ConfigError(f"--stage {only_stage}: the config's stages are {', '.join(names)}")
-    tasks = []
-    for stage in cfg.stages:
-        if stage.task not in tasks_of:
-            raise ConfigError(f"stages.{stage.name}.task: {cfg.family} has tasks {', '.join(tasks_of)}, "
-                              f"not {stage.task!r}")
-        tasks.append(tasks_of[stage.task](stage.options, model_cfg, f"stages.{stage.name}.options"))
+    tasks = make_tasks(family, cfg, model_cfg)
 
     cache_dir = cfg.data.cache_dir or str(out / "cache")
     opened = [(_open(data, s, t, cfg.data.train_split, cfg, cache_dir),
@@ -228,20 +207,19 @@ def run(cfg: RunConfig, data: str, out: str | Path, only_stage: str | None = Non
               for s, t in zip(cfg.stages, tasks, strict=True)]
 
     cfg.data.sampling_rate = _sampling_rate(cfg, tasks)
-    specials = list(dict.fromkeys(_specials(cfg.family, model_cfg) + [s for t in tasks for s in t.specials()]))
 
     def texts():
         return itertools.chain.from_iterable(t.texts(train) for t, (train, _) in zip(tasks, opened, strict=True))
 
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(cfg.tokenizer, specials, texts, out / TOKENIZER_FILE)
+    tok = build_tokenizer(cfg.tokenizer, specials(family, model_cfg, tasks), texts, out / TOKENIZER_FILE)
     for t in tasks:
         t.tok = t.tok or tok
-    _finalize(cfg.family, model_cfg, tok)
+    family.finalize(model_cfg, tok)
 
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
-    model = make_model(cfg.family, model_cfg).to(device)
+    model = make_model(family, model_cfg).to(device)
 
     prepared = [PreparedStage(s, t, _materialize(tr, t, cfg, s), _materialize(va, t, cfg, s) if va is not None else None)
                 for s, t, (tr, va) in zip(cfg.stages, tasks, opened, strict=True)]
@@ -282,6 +260,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, Token
     if not (run_dir / FINAL).is_file():
         raise FileNotFoundError(f"{run_dir} holds no finished run ({FINAL} is missing)")
     info = yaml.safe_load((run_dir / RUN_FILE).read_text())
-    model = make_model(info["family"], build_model_config(info["family"], info["model"]))
+    family = family_of(info["family"])
+    model = make_model(family, build_model_config(family, info["model"]))
     model.load_state_dict(torch.load(run_dir / FINAL, map_location=device, weights_only=False))
     return model.to(device).eval(), load_tokenizer(run_dir / TOKENIZER_FILE), info

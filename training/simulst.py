@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .config import ConfigError
 
 LEVELS = "latency"
-HOP_SAMPLES = 160  # 10 ms feature hop at 16 kHz: a block of F frames is F * 160 samples
+FRAMES_PER_S = 100  # log-mel frames every 10 ms: a block of F frames is F * rate / 100 samples
 
 
 @dataclass
@@ -48,9 +48,10 @@ def check_simulst_features(features: dict, levels: list[str] | None, langs: list
 
 
 def chunks(row: dict, lang: str, levels: list[str] | None, block_frames: int,
-           sampling_rate: int = 16000) -> dict[str, list[Chunk]]:
-    """{level: [Chunk]} for the levels of `row` that have `lang`, in the model's encoder blocks."""
-    block = block_frames * HOP_SAMPLES * sampling_rate // 16000
+           sampling_rate: int) -> dict[str, list[Chunk]]:
+    """{level: [Chunk]} for the levels of `row` that have `lang`, in the model's encoder blocks of
+    features computed at `sampling_rate` (the rate the audio is decoded at)."""
+    block = block_frames * sampling_rate // FRAMES_PER_S
     published = row.get("block_samples") == block
     num_samples = round((row.get("duration") or 0.0) * sampling_rate)
     out = {}

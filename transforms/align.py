@@ -12,7 +12,7 @@ Shape (DESIGN.md §1, EASiST §3.1):
    the clip's end), writes the TextGrid and CTM side files when asked, and compares with
    the true word times when a truth file is given. Anything that fails is a Reject.
 
-`summarize` turns the stage's summed stats into the `align` section of stats.json.
+pipeline/summaries.py reads the stage's summed stats into the `align` section of stats.json.
 """
 
 from __future__ import annotations
@@ -28,16 +28,15 @@ from typing import Any, Literal
 import apache_beam as beam
 
 from . import files
-from .aligners import Aligned, AlignFailure, Clip, batch_size, make_backend
+from .aligners import Aligned, Clip, batch_size, make_backend
 from .aligners.features import FeatureSettings
 from .aligners.gmm import GmmSettings
 from .aligners.mfa import MfaSettings, frame_shift_s, missing_reason
 from .audio import clip_bytes, decode_flac
-from .records import Reject, Stat, Timing, Utterance
+from .records import Reject, StageError, Stat, Timing, Utterance
 from .settings import ConfigError, load_stage
 from .stage import STATS, run_stage
 from .timing import (
-    TimingError,
     check_chunk_times,
     chunk_end_times,
     clamp_to_clip,
@@ -89,11 +88,11 @@ def load_settings(overrides: dict[str, Any] | None = None) -> ForcedAlignSetting
 
 
 def to_clip(utt: Utterance) -> Clip:
-    """The utterance's normalised clip and spoken words; AlignFailure when the clip is gone."""
+    """The utterance's normalised clip and spoken words; StageError when the clip is gone."""
     try:
         samples, rate = decode_flac(clip_bytes(utt))
     except (OSError, RuntimeError) as e:  # soundfile's errors are RuntimeErrors
-        raise AlignFailure("unreadable_audio", f"{utt.audio.path}: {e}") from None
+        raise StageError("unreadable_audio", f"{utt.audio.path}: {e}") from None
     return Clip(utt.id, samples, rate, spoken_words(utt.source_text), utt.speaker)
 
 
@@ -105,11 +104,11 @@ def analysis_frame_s(s: ForcedAlignSettings) -> float:
 def timing_of(utt: Utterance, words: list[tuple[str, float, float]]) -> Timing:
     """The utterance's Timing: its words and, per latency level, its chunks' end times (checked)."""
     if " ".join(spoken_words(utt.source_text)) != " ".join(w for w, _, _ in words):
-        raise TimingError("aligner_words_differ", "the aligner's words are not the source text's")
+        raise StageError("aligner_words_differ", "the aligner's words are not the source text's")
     ends = {}
     for level, seg in utt.segmentations.items():
         if seg.source_chunks and " ".join(seg.source_chunks).split() != utt.source_text.split():
-            raise TimingError("chunks_do_not_match_text", f"the {level} chunks do not rebuild the source text")
+            raise StageError("chunks_do_not_match_text", f"the {level} chunks do not rebuild the source text")
         ends[level] = chunk_end_times(words, seg.source_chunks)
         check_chunk_times(ends[level], utt.duration_s)
     return Timing(words=list(words), chunk_end_s=ends)
@@ -147,7 +146,7 @@ def side_files(utt: Utterance, timing: Timing) -> dict[str, str]:
 class Outcome:
     """What the aligner made of one utterance, and the CPU seconds it took."""
 
-    result: Aligned | AlignFailure
+    result: Aligned | StageError
     cpu_s: float
 
 
@@ -158,8 +157,8 @@ def finish(element: tuple[Utterance, Outcome], truth: dict[str, list] | None,
     utt, outcome = element
     yield Stat(STAGE, "audio_s", utt.duration_s or 0.0)
     yield Stat(STAGE, "aligner/cpu_s", outcome.cpu_s)
-    if isinstance(outcome.result, AlignFailure):
-        yield Reject(utt.id, STAGE, outcome.result.reason, outcome.result.detail, utt.where)
+    if isinstance(outcome.result, StageError):
+        yield outcome.result.reject(utt.id, STAGE, utt.where)
         return
     yield Stat(STAGE, "aligner/audio_s", utt.duration_s)
     if outcome.result.retried:
@@ -167,8 +166,8 @@ def finish(element: tuple[Utterance, Outcome], truth: dict[str, list] | None,
     words, fixes = clamp_to_clip(outcome.result.words, utt.duration_s, frame_s)
     try:
         timing = timing_of(utt, words)
-    except TimingError as e:
-        yield Reject(utt.id, STAGE, e.reason, e.detail, utt.where)
+    except StageError as e:
+        yield e.reject(utt.id, STAGE, utt.where)
         return
     yield Stat(STAGE, "words", len(timing.words))
     if fixes:
@@ -259,7 +258,7 @@ def training_entry(utt: Utterance, settings: ForcedAlignSettings) -> Iterator[tu
 
 
 class _Train(beam.DoFn):
-    """One language's sample -> (lang, model or AlignFailure), and training stats."""
+    """One language's sample -> (lang, model or StageError), and training stats."""
 
     def __init__(self, settings: ForcedAlignSettings):
         self.settings = settings
@@ -270,13 +269,13 @@ class _Train(beam.DoFn):
         for e in entries:
             try:
                 clips.append(to_clip(e.utt))
-            except AlignFailure as failure:
+            except StageError as failure:
                 yield beam.pvalue.TaggedOutput(STATS, Stat(STAGE, f"train/skipped/{failure.reason}"))
         backend = make_backend(self.settings)
         started = cpu_seconds()
         try:
             model, report = backend.train(lang, clips)
-        except AlignFailure as e:
+        except StageError as e:
             yield lang, e
             return
         finally:
@@ -301,8 +300,8 @@ class _AlignBatch(beam.DoFn):
         by_lang: dict[str, list[Utterance]] = {}
         for utt in batch:
             if utt.source_lang not in models:
-                yield utt, Outcome(AlignFailure("no_model", f"no {utt.source_lang} model was trained"), 0.0)
-            elif isinstance(models[utt.source_lang], AlignFailure):
+                yield utt, Outcome(StageError("no_model", f"no {utt.source_lang} model was trained"), 0.0)
+            elif isinstance(models[utt.source_lang], StageError):
                 yield utt, Outcome(models[utt.source_lang], 0.0)
             else:
                 by_lang.setdefault(utt.source_lang, []).append(utt)
@@ -311,7 +310,7 @@ class _AlignBatch(beam.DoFn):
             for utt in utts:
                 try:
                     ready.append((utt, to_clip(utt)))
-                except AlignFailure as e:
+                except StageError as e:
                     yield utt, Outcome(e, 0.0)
             if not ready:
                 continue
@@ -378,54 +377,3 @@ def check_ready(s: ForcedAlignSettings) -> None:
             raise ConfigError(f"align.backend: mfa: {reason}")
     if s.truth and not files.exists(s.truth):
         raise ConfigError(f"align.truth: no file at {s.truth}")
-
-
-# -- stats.json --------------------------------------------------------------------------------
-
-
-def _percentile(buckets: dict[int, float], total: float, q: float) -> float:
-    """The q-quantile of the errors from their 5 ms histogram, linear inside a bucket."""
-    rank, seen = q * total, 0.0
-    for k in sorted(buckets):
-        if seen + buckets[k] >= rank:
-            return ERROR_BUCKET_MS * (k + (rank - seen) / buckets[k])
-        seen += buckets[k]
-    return ERROR_BUCKET_MS * ERROR_BUCKETS
-
-
-def _ratio(num: float, den: float, digits: int = 3) -> float | None:
-    return round(num / den, digits) if den else None
-
-
-def summarize(sums: dict[str, float]) -> dict[str, Any]:
-    """The `align` section of stats.json from the stage's summed stats.
-
-    Training and alignment speed are separate: training CPU seconds per minute of training
-    audio, and audio seconds aligned per CPU second of the aligner. `error_ms` (with a truth
-    file) is the word-boundary error, starts and ends of every word, against the true times.
-    """
-    skipped = {k.split("/", 2)[2]: int(v) for k, v in sorted(sums.items()) if k.startswith("train/skipped/")}
-    train_audio, train_cpu = sums.get("train/audio_s", 0.0), sums.get("train/cpu_s", 0.0)
-    audio, cpu = sums.get("aligner/audio_s", 0.0), sums.get("aligner/cpu_s", 0.0)
-    result: dict[str, Any] = {
-        "utterances": {"in": int(sums.get("in", 0)), "out": int(sums.get("out", 0)),
-                       "rejected": int(sums.get("in", 0) - sums.get("out", 0))},
-        "audio_hours": round(sums.get("audio_s", 0.0) / 3600, 4),
-        "words": int(sums.get("words", 0)),
-        "training": {"clips": int(sums.get("train/clips", 0)), "audio_min": round(train_audio / 60, 3),
-                     "cpu_s": round(train_cpu, 2), "cpu_s_per_audio_min": _ratio(train_cpu, train_audio / 60),
-                     "skipped": skipped},
-        "alignment": {"audio_s": round(audio, 2), "cpu_s": round(cpu, 2),
-                      "audio_s_per_cpu_s": _ratio(audio, cpu, 1), "retried": int(sums.get("aligner/retried", 0))},
-    }
-    n = sums.get("error/boundaries", 0)
-    if n or sums.get("error/unmatched_clips"):
-        buckets = {int(k.rsplit("/", 1)[1]): v for k, v in sums.items() if k.startswith("error/bucket/")}
-        result["error_ms"] = {
-            "clips": int(sums.get("error/clips", 0)), "boundaries": int(n),
-            "unmatched_clips": int(sums.get("error/unmatched_clips", 0)),
-            "mean": _ratio(sums.get("error/sum_ms", 0.0), n, 2),
-            "p50": round(_percentile(buckets, n, 0.5), 2) if n else None,
-            "p90": round(_percentile(buckets, n, 0.9), 2) if n else None,
-        }
-    return result

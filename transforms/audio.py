@@ -29,7 +29,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from . import files
-from .records import AudioRef, Reject, Stat, Utterance
+from .records import AudioRef, Reject, StageError, Stat, Utterance
 from .settings import ConfigError, load_stage
 from .timing import spoken_words
 
@@ -65,48 +65,42 @@ def _default_settings() -> AudioSettings:
     return load_settings()
 
 
-class AudioError(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
 def read_clip(ref: AudioRef, max_duration_s: float = math.inf) -> tuple[np.ndarray, int]:
-    """Samples (frames, channels) float32 and their rate; raises AudioError with a reason code.
+    """Samples (frames, channels) float32 and their rate; raises StageError with a reason code.
 
     The clip's extent is checked before a sample is decoded, so a bad segment costs no decoding.
     """
     if not files.exists(ref.path):
-        raise AudioError("missing_audio", f"{ref.path} does not exist")
+        raise StageError("missing_audio", f"{ref.path} does not exist")
     if ref.duration_s is not None and not ref.duration_s > 0:  # read() would take the rest of the file
-        raise AudioError("bad_segment_time", f"{ref.path}: the clip's declared duration is {ref.duration_s} s")
+        raise StageError("bad_segment_time", f"{ref.path}: the clip's declared duration is {ref.duration_s} s")
     try:
         with files.open_read(ref.path) as raw, sf.SoundFile(raw) as f:
             rate, total = f.samplerate, f.frames
             start = round(ref.offset_s * rate)
             frames = total - start if ref.duration_s is None else round(ref.duration_s * rate)
             if ref.offset_s > 0 and start >= total:
-                raise AudioError("bad_segment_time", f"the clip starts at {ref.offset_s:.3f} s, past the end of "
+                raise StageError("bad_segment_time", f"the clip starts at {ref.offset_s:.3f} s, past the end of "
                                                      f"{ref.path} ({total / rate:.3f} s)")
             if start + frames > total + TOLERANCE_S * rate:
-                raise AudioError(
+                raise StageError(
                     "truncated_audio",
                     f"{ref.path} holds {total / rate:.3f} s but the clip ends at "
                     f"{(start + frames) / rate:.3f} s",
                 )
             if frames > max_duration_s * rate:
-                raise AudioError("too_long", f"the clip lasts {frames / rate:.3f} s, more than the "
+                raise StageError("too_long", f"the clip lasts {frames / rate:.3f} s, more than the "
                                              f"{max_duration_s:g} s allowed (audio.max_duration_s)")
             f.seek(start)
             data = f.read(min(frames, total - start), dtype="float32", always_2d=True)
-    except AudioError:
+    except StageError:
         raise
     except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as e:
-        raise AudioError("unreadable_audio", f"{ref.path}: {e}") from None
+        raise StageError("unreadable_audio", f"{ref.path}: {e}") from None
     if data.shape[0] < frames - TOLERANCE_S * rate:
-        raise AudioError("truncated_audio", f"{ref.path}: expected {frames} frames, decoded {data.shape[0]}")
+        raise StageError("truncated_audio", f"{ref.path}: expected {frames} frames, decoded {data.shape[0]}")
     if data.shape[0] == 0:
-        raise AudioError("empty_audio", f"{ref.path}: no samples in the clip")
+        raise StageError("empty_audio", f"{ref.path}: no samples in the clip")
     return data, rate
 
 
@@ -148,8 +142,8 @@ def clip_path(clips_dir: str, utt_id: str) -> str:
 
 
 def clip_file(utt: Utterance) -> BinaryIO:
-    """The clip after the audio stage (mono FLAC at the dataset rate), in memory or in the work dir."""
-    return io.BytesIO(utt.flac) if utt.flac is not None else files.open_read(utt.audio.path)
+    """The clip after the audio stage: mono FLAC at the dataset rate, in the work dir."""
+    return files.open_read(utt.audio.path)
 
 
 def clip_bytes(utt: Utterance) -> bytes:
@@ -175,8 +169,8 @@ def attach_audio(utt: Utterance, target_rate: int, clips_dir: str,
     s = settings or _default_settings()
     try:
         data, rate = read_clip(utt.audio, s.max_duration_s)
-    except AudioError as e:
-        yield Reject(utt.id, STAGE, e.reason, e.detail, utt.where)
+    except StageError as e:
+        yield e.reject(utt.id, STAGE, utt.where)
         return
     why = implausible_length(utt.source_text, data.shape[0] / rate, s)
     if why:
@@ -193,5 +187,5 @@ def attach_audio(utt: Utterance, target_rate: int, clips_dir: str,
     path = clip_path(clips_dir, utt.id)
     with files.open_write(path) as f:
         f.write(encode_flac(samples, target_rate))
-    yield utt.replace(audio=AudioRef(path, 0.0, duration, target_rate), flac=None, duration_s=duration,
+    yield utt.replace(audio=AudioRef(path, 0.0, duration, target_rate), duration_s=duration,
                       fixes=[*utt.fixes, *fixes])

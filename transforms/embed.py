@@ -23,7 +23,6 @@ encodes a text once however many speakers read it.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib.util
 import os
@@ -35,12 +34,11 @@ from typing import Any, Protocol
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.metrics import Metrics
 
 from .e5_torch import E5Torch
 from .records import Reject, Stat, Utterance
 from .settings import ConfigError, load_stage
-from .stage import OUT, REJECTS, STATS
+from .stage import run_stage
 
 STAGE = "embed"
 # Reject reasons that mean the teacher, not the text, failed (counted against max_reject_fraction).
@@ -55,7 +53,6 @@ class EmbedSettings:
     model_path: str | None
     prefix: str | None  # None: the teacher's convention
     batch_size: int
-    embed_translations: bool
     threads: int | None
     cache_size: int
     max_reject_fraction: float  # of the stage's input, for SYSTEMIC_REASONS, before the run fails
@@ -71,9 +68,6 @@ class EmbedSettings:
             raise ConfigError(f"{where}.threads: must be at least 1 or null, got {self.threads}")
         if self.cache_size < 0:
             raise ConfigError(f"{where}.cache_size: must be at least 0, got {self.cache_size}")
-        if self.embed_translations and "translation_embeddings" not in {f.name for f in dataclasses.fields(Utterance)}:
-            raise ConfigError(f"{where}.embed_translations: Utterance has no translation_embeddings field "
-                              "to carry them in this version")
         TEACHERS[self.teacher].check(self, where)
 
 
@@ -226,23 +220,15 @@ def _unit_rows(vectors: np.ndarray) -> list[np.ndarray | None]:
     return [v / n if ok else None for v, n, ok in zip(vectors, norms, good, strict=True)]
 
 
-def embed_batch(batch: Sequence[Utterance], teacher: Teacher, embed_translations: bool = False
-                ) -> Iterator[Utterance | Reject | Stat]:
+def embed_batch(batch: Sequence[Utterance], teacher: Teacher) -> Iterator[Utterance | Reject | Stat]:
     """Stage function on a batch: each utterance with `embedding` set, or a reject; one teacher call."""
-    yield Stat(STAGE, "in", len(batch))
-    texts: list[str] = []
-    owners: list[tuple[int, str | None]] = []  # (utterance in batch, translation language or None: source)
-    for i, utt in enumerate(batch):
+    texts, owners = [], []  # the source texts to encode, and the utterances they belong to
+    for utt in batch:
         if not utt.source_text.strip():
             yield Reject(utt.id, STAGE, "empty_text", f"{utt.id}: the source text is empty", utt.where)
             continue
         texts.append(utt.source_text)
-        owners.append((i, None))
-        if embed_translations:
-            for lang, text in sorted(utt.translations.items()):
-                if text.strip():
-                    texts.append(text)
-                    owners.append((i, lang))
+        owners.append(utt)
     if not texts:
         return
     vectors = teacher.encode(texts)
@@ -250,55 +236,19 @@ def embed_batch(batch: Sequence[Utterance], teacher: Teacher, embed_translations
         raise ValueError(f"teacher {teacher.name} returned shape {vectors.shape} for {len(texts)} texts "
                          f"of dimension {teacher.dim}")
     yield Stat(STAGE, "batches")
-    yield Stat(STAGE, "texts/source", sum(lang is None for _, lang in owners))
-    if embed_translations:
-        yield Stat(STAGE, "texts/translation", sum(lang is not None for _, lang in owners))
-
-    per_utt: dict[int, dict[str | None, np.ndarray | None]] = {}
-    for (i, lang), vector in zip(owners, _unit_rows(vectors), strict=True):
-        per_utt.setdefault(i, {})[lang] = vector
-    produced = 0
-    for i, vecs in per_utt.items():
-        utt = batch[i]
-        bad = [lang or "source" for lang, v in vecs.items() if v is None]
-        if bad:
+    yield Stat(STAGE, "texts/source", len(texts))
+    for utt, vector in zip(owners, _unit_rows(vectors), strict=True):
+        if vector is None:
             yield Reject(utt.id, STAGE, "bad_embedding",
-                         f"{teacher.name} gave a zero or non-finite vector for the {bad[0]} text of {utt.id}",
+                         f"{teacher.name} gave a zero or non-finite vector for the source text of {utt.id}",
                          utt.where)
             continue
-        changes: dict[str, Any] = {"embedding": vecs.pop(None).tolist()}
-        if embed_translations:
-            changes["translation_embeddings"] = {lang: v.tolist() for lang, v in vecs.items()}
-        produced += 1
-        yield utt.replace(**changes)
-    if produced:
-        yield Stat(STAGE, "out", produced)
-
-
-class _EmbedBatches(beam.DoFn):
-    """Routes what `embed_batch` yields; each instance loads its own teacher (native encoders are not
-    safe to share between the threads of one worker)."""
-
-    def __init__(self, settings: EmbedSettings):
-        self.settings = settings
-
-    def setup(self):
-        self.teacher = load_teacher(self.settings)
-
-    def process(self, batch):
-        for item in embed_batch(batch, self.teacher, self.settings.embed_translations):
-            if isinstance(item, Reject):
-                Metrics.counter(STAGE, f"rejected/{item.reason}").inc()
-                yield beam.pvalue.TaggedOutput(REJECTS, item)
-            elif isinstance(item, Stat):
-                Metrics.counter(STAGE, item.name).inc(int(item.value))
-                yield beam.pvalue.TaggedOutput(STATS, item)
-            else:
-                yield item
+        yield utt.replace(embedding=vector.tolist())
 
 
 class Embed(beam.PTransform):
-    """Utterances → (utterances with `embedding`, rejects, stats); passes them through when disabled."""
+    """Utterances → (utterances with `embedding`, rejects, stats), a fixed number per teacher call;
+    each worker thread loads its own teacher (native encoders are not safe to share between threads)."""
 
     def __init__(self, settings: EmbedSettings):
         super().__init__()
@@ -306,12 +256,4 @@ class Embed(beam.PTransform):
 
     def expand(self, utterances):
         s = self.settings
-        if not s.enabled:
-            return utterances, *(utterances | f"Nothing{i}" >> beam.FlatMap(lambda _: ()) for i in range(2))
-        # Fixed-size batches: memory per call is bounded and the teacher's cost is predictable.
-        results = (
-            utterances
-            | "Batch" >> beam.BatchElements(min_batch_size=s.batch_size, max_batch_size=s.batch_size)
-            | "Teacher" >> beam.ParDo(_EmbedBatches(s)).with_outputs(REJECTS, STATS, main=OUT)
-        )
-        return results[OUT], results[REJECTS], results[STATS]
+        return run_stage(utterances, STAGE, embed_batch, setup=functools.partial(load_teacher, s), batch=s.batch_size)

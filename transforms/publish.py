@@ -1,8 +1,10 @@
-"""Publish: rows of each dataset config written as Parquet shards in the Hugging Face layout.
+"""The writer: rows of each dataset config written as Parquet shards in the Hugging Face layout.
 
-`data/<config>/<split>-NNNNN-of-MMMMM.parquet`, with the `datasets.Features` stored in the
-schema metadata so `datasets.load_dataset(folder, config)` decodes audio with no code of ours.
-Each shard is written under a temporary name and renamed when whole.
+`data/<config>/<split>-NNNNN-of-MMMMM[-<build>].parquet`, with the `datasets.Features` stored in
+the schema metadata so `datasets.load_dataset(folder, config)` decodes audio with no code of ours.
+Each shard is written under a temporary name and renamed when whole. This module is the one
+place that makes, lists and reads shard names; the dataset configs (pipeline/dataset_configs/)
+say what the rows are.
 """
 
 from __future__ import annotations
@@ -20,46 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import files
-from .audio import clip_bytes, clip_name
-from .records import Stat, Utterance
+from .records import Stat
 
 # An Arrow record batch ends at this many rows or this many bytes of audio, whichever comes first:
 # a worker holds one batch of audio (three copies while it is written), and clips vary in length.
 RECORD_BATCH, RECORD_BATCH_BYTES = 64, 2 << 20
-
-
-def offline_features(langs: list[str], sampling_rate: int, embedding_dim: int | None = None) -> datasets.Features:
-    features = {
-        "id": datasets.Value("string"),
-        "corpus": datasets.Value("string"),
-        "audio": datasets.Audio(sampling_rate=sampling_rate),
-        "duration": datasets.Value("float32"),
-        "speaker": datasets.Value("string"),
-        "source_lang": datasets.Value("string"),
-        "source_text": datasets.Value("string"),
-        "translation": {lang: datasets.Value("string") for lang in langs},
-        "fixes": datasets.List(datasets.Value("string")),  # every change made to what the corpus shipped
-    }
-    if embedding_dim:
-        features["embedding"] = datasets.List(datasets.Value("float32"), length=embedding_dim)
-    return datasets.Features(features)
-
-
-def offline_row(utt: Utterance, langs: list[str]) -> dict[str, Any]:
-    row = {
-        "id": utt.id,
-        "corpus": utt.corpus,
-        "audio": {"bytes": clip_bytes(utt), "path": clip_name(utt.id)},
-        "duration": utt.duration_s,
-        "speaker": utt.speaker,
-        "source_lang": utt.source_lang,
-        "source_text": utt.source_text,
-        "translation": {lang: utt.translations.get(lang) for lang in langs},
-        "fixes": list(utt.fixes),
-    }
-    if utt.embedding is not None:
-        row["embedding"] = utt.embedding
-    return row
+SPLITS = ["train", "validation", "test"]  # the order splits are listed in
 
 
 # The one place shard names are made and read: `data/<config>/<split>-NNNNN-of-MMMMM[-<build>].parquet`.
@@ -90,6 +58,46 @@ def untagged(path: str) -> str:
     if m is None:
         raise ValueError(f"{path} is not named data/<config>/<split>-NNNNN-of-MMMMM[-<build>].parquet")
     return shard_name(m["config"], m["split"], int(m["index"]), int(m["count"]))
+
+
+def split_order(split: str) -> tuple[int, str]:
+    """Sorts train, validation and test first, in that order."""
+    return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
+
+
+def find_shards(root: str) -> dict[str, dict[str, list[str]]]:
+    """config -> split -> shard paths (sorted) under `root`, configs by name and splits train first."""
+    from apache_beam.io.filesystems import FileSystems
+
+    found: dict[str, dict[str, list[str]]] = {}
+    for meta in FileSystems.match([files.join(root, "data", "*", "*.parquet")])[0].metadata_list:
+        m = parse_shard(meta.path)
+        if m:
+            found.setdefault(m["config"], {}).setdefault(m["split"], []).append(meta.path)
+    return {c: {s: sorted(found[c][s]) for s in sorted(found[c], key=split_order)} for c in sorted(found)}
+
+
+def complete_sets(root: str, schemas: dict[str, datasets.Features]) -> None:
+    """A shard that no record hashed into is written empty, so `-NNNNN-of-MMMMM` sets are whole."""
+    for config, splits in find_shards(root).items():
+        for split, paths in splits.items():
+            count = int(parse_shard(paths[0])["count"])
+            present = {int(parse_shard(p)["index"]) for p in paths}
+            for i in set(range(count)) - present:
+                write_shard(files.join(root, shard_name(config, split, i, count)), schemas[config].arrow_schema, [])
+
+
+def tag_build(root: str, build: str) -> list[str]:
+    """Give every shard under `root` its build id; returns their new relative paths."""
+    tagged = []
+    for splits in find_shards(root).values():
+        for paths in splits.values():
+            for path in paths:
+                m = parse_shard(path)
+                name = shard_name(m["config"], m["split"], int(m["index"]), int(m["count"]), build)
+                files.rename(path, files.join(root, name))
+                tagged.append(name)
+    return tagged
 
 
 def shard_count(records: int, num_shards: int, records_per_shard: int) -> int:

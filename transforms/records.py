@@ -62,7 +62,6 @@ class Utterance:
     fixes: list[str] = field(default_factory=list)
     # Filled by later stages.
     duration_s: float | None = None
-    flac: bytes | None = None  # the clip in memory (mono FLAC at the dataset rate); else audio.path holds it
     segmentations: dict[str, Segmentation] = field(default_factory=dict)
     timing: Timing | None = None
     embedding: list[float] | None = None
@@ -106,6 +105,21 @@ class Reject:
     reason: str  # short snake_case code, e.g. "missing_audio"
     detail: str  # human-readable and specific: what was wrong, with the numbers
     where: str = ""  # where in the input, e.g. "covost/covost_v2.en_de.tsv:17"
+
+
+class StageError(Exception):
+    """Why a record cannot pass a stage, raised where the fault is found and turned into a `Reject`
+    by the stage function that knows the record."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+    def __reduce__(self):  # travels between Beam workers (an aligner's failed model is a side input)
+        return StageError, (self.reason, self.detail)
+
+    def reject(self, record_id: str, stage: str, where: str = "") -> Reject:
+        return Reject(record_id, stage, self.reason, self.detail, where)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ An utterance leaves with every configured level or as a `Reject` with its reason
 
 Monotonicity is then measured on what was published (monotonicity.py): the pairs are
 word-aligned again (a fresh eflomal run per language, or simalign) and the crossing counts
-of the offline pair and of every level are emitted as stats; `summarize` turns all the
-stage's summed stats into the `segment` section of stats.json.
+of the offline pair and of every level are emitted as stats (pipeline/summaries.py reads
+them into the `segment` section of stats.json).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import apache_beam as beam
 
 from . import segment_llm
 from .monotonicity import OFFLINE, crossing_stats, measurement_pairs, view_crossings
-from .records import Reject, Stat, Utterance
-from .segment_align import AlignSettings, NoMonotoneSplit, align_corpus, read_parallel, segment_pair
+from .records import Reject, StageError, Stat, Utterance
+from .segment_align import AlignSettings, align_corpus, read_parallel, segment_pair
 from .segment_llm import LlmSegmenter, LlmSettings, Outcome
 from .settings import ConfigError, load_stage
 from .stage import run_stage
@@ -127,8 +127,8 @@ def segment_with_links(
             settings.align.levels,
             settings.align.reject_unsplit_over_words,
         )
-    except NoMonotoneSplit as e:
-        yield Reject(utt.id, STAGE, "no_monotone_split", str(e), utt.where)
+    except StageError as e:
+        yield e.reject(utt.id, STAGE, utt.where)
         return
     out = utt.replace(segmentations=segs)
     yield from _chunk_stats(out)
@@ -334,109 +334,3 @@ def _check_ready(s: SegmentSettings) -> None:
             raise ConfigError(
                 f"segment.monotonicity.simalign_model: no model directory at {s.monotonicity.simalign_model}"
             )
-
-
-# -- stats.json --------------------------------------------------------------------------------
-
-
-def _ratio(num: float, den: float) -> float | None:
-    return round(num / den, 4) if den else None
-
-
-def _number(v: float) -> float | int:
-    v = round(float(v), 4)  # sums of per-utterance shares carry float noise
-    return int(v) if v.is_integer() else v
-
-
-def summarize(sums: dict[str, float]) -> dict[str, Any]:
-    """The `segment` section of stats.json from the stage's summed stats.
-
-    Per-utterance figures divide by the utterances that came in (a cached re-run shows 0
-    requests per utterance); per-audio-hour figures by the audio of those utterances.
-    Levels are listed lowest latency first (most chunks per utterance first).
-    """
-    n_in, n_out = sums.get("in", 0), sums.get("out", 0)
-    hours = sums.get("audio_s", 0) / 3600
-    chunks = {name.split("/", 1)[1]: v for name, v in sums.items() if name.startswith("chunks/")}
-    levels = sorted(chunks, key=lambda level: -chunks[level])
-    result: dict[str, Any] = {
-        "utterances": {"in": _number(n_in), "out": _number(n_out), "rejected": _number(n_in - n_out)},
-        "audio_hours": round(hours, 4),
-        "chunks_per_utterance": {level: _ratio(chunks[level], n_out) for level in levels},
-    }
-    if any(name.startswith(("llm/", "tokens/")) for name in sums):
-        requests = sums.get("llm/requests", 0)
-        result["llm"] = {
-            "requests": _number(requests),
-            "requests_per_utterance": _ratio(requests, n_in),
-            "repair_requests": _number(sums.get("llm/repair_requests", 0)),
-            "retries": _number(sums.get("llm/retries", 0)),
-            "cache_hits": _number(sums.get("llm/cache_hits", 0)),
-        }
-        tokens: dict[str, Any] = {}
-        for kind in ("prompt", "completion"):
-            total = sums.get(f"tokens/{kind}", 0)
-            tokens[kind] = _number(total)
-            tokens[f"{kind}_per_utterance"] = _ratio(total, n_in)
-            tokens[f"{kind}_per_audio_hour"] = _ratio(total, hours)
-        result["tokens"] = tokens
-    counts: dict[str, dict[str, dict[str, float]]] = {}
-    for name, v in sums.items():
-        parts = name.split("/")
-        if parts[0] == "crossing" and len(parts) == 4:
-            _, view, lang, kind = parts
-            counts.setdefault(lang, {}).setdefault(view, {})[kind] = v
-    if counts:
-        rates = {
-            lang: {
-                view: _ratio(by_view[view].get("discordant", 0), by_view[view].get("pairs", 0))
-                for view in [OFFLINE, *levels]
-                if view in by_view
-            }
-            for lang, by_view in sorted(counts.items())
-        }
-        result["crossing_rate"] = rates
-        result["crossing_reduction"] = {
-            lang: {
-                level: round(1 - r[level] / r[OFFLINE], 4)
-                for level in levels
-                if r.get(level) is not None and r.get(OFFLINE)
-            }
-            for lang, r in rates.items()
-        }
-    return result
-
-
-def card_section(summary: dict[str, Any]) -> str:
-    """Markdown for the dataset card from `summarize`'s result: cost and, as in EASiST's data
-    table, the crossing rate of the offline pairs vs each latency level's chunked pairs."""
-    lines = ["### Segmentation", ""]
-    u = summary["utterances"]
-    lines.append(
-        f"{u['out']} of {u['in']} utterances segmented ({u['rejected']} rejected, see rejected.jsonl)."
-    )
-    if "llm" in summary:
-        llm, tok = summary["llm"], summary["tokens"]
-        lines.append(
-            f"LLM: {llm['requests']} requests ({llm['requests_per_utterance']} per utterance, "
-            f"{llm['cache_hits']} answers from cache); tokens per utterance {tok['prompt_per_utterance']} prompt / "
-            f"{tok['completion_per_utterance']} completion, per audio hour {tok['prompt_per_audio_hour']} / "
-            f"{tok['completion_per_audio_hour']}."
-        )
-    rates = summary.get("crossing_rate", {})
-    if rates:
-        levels = list(summary["chunks_per_utterance"])
-        lines += [
-            "",
-            "Crossing rate (share of aligned word pairs translated out of reading order; lower is more monotone):",
-            "",
-            "| language | offline | " + " | ".join(levels) + " |",
-            "|---|---|" + "---|" * len(levels),
-        ]
-        for lang, r in rates.items():
-            lines.append(
-                f"| {lang} | {r.get('offline')} | " + " | ".join(str(r.get(level)) for level in levels) + " |"
-            )
-        chunks = ", ".join(f"{level} {n}" for level, n in summary["chunks_per_utterance"].items())
-        lines += ["", f"Chunks per utterance: {chunks}."]
-    return "\n".join(lines) + "\n"

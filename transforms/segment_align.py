@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .records import Segmentation
+from .records import Segmentation, StageError
 from .settings import ConfigError
 
 Link = tuple[int, int]
@@ -93,10 +93,6 @@ class AlignSettings:
     extra_parallel: dict[str, str]  # lang -> TSV of extra "source<TAB>target" lines to learn from
     reject_unsplit_over_words: int  # a longer sentence that stays one unit is rejected
     cache_dir: str | None  # where corpus alignments are kept for re-runs; None: not kept
-
-
-class NoMonotoneSplit(ValueError):
-    """A long sentence whose alignments allow no monotone cut at all."""
 
 
 # -- alignment ---------------------------------------------------------------------------------
@@ -356,14 +352,15 @@ def segment_pair(
 ) -> dict[str, Segmentation]:
     """One `Segmentation` per level, from low to high latency, sharing the source cuts.
 
-    Raises NoMonotoneSplit for a long sentence that no monotone cut can split.
+    Raises StageError `no_monotone_split` for a long sentence that no monotone cut can split.
     """
     words = source.split()
     target_words = {lang: text.split() for lang, text in translations.items()}
     units = monotone_cuts(len(words), links_by_lang)
     if not units and len(words) > reject_unsplit_over_words:
         counts = ", ".join(f"{lang}: {len(links_by_lang[lang])} links" for lang in sorted(links_by_lang))
-        raise NoMonotoneSplit(
+        raise StageError(
+            "no_monotone_split",
             f"{len(words)} source words but no cut keeps every alignment monotone ({counts}); "
             f"sentences over {reject_unsplit_over_words} words need at least one"
         )

@@ -21,17 +21,11 @@ import os
 import re
 import tempfile
 
+from .records import StageError
+
 _EDGE = re.compile(r"^[^\w]+|[^\w]+$")
 
 Word = tuple[str, float, float]
-
-
-class TimingError(Exception):
-    """Timings that cannot be published, with a reason code and a specific detail."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
 
 
 def token_word(token: str) -> str:
@@ -49,14 +43,14 @@ def chunk_end_times(words: list[Word], source_chunks: list[str]) -> list[float]:
     for i, chunk in enumerate(source_chunks):
         spoken = spoken_words(chunk)
         if not spoken:
-            raise TimingError("silent_chunk", f"chunk {i} ({chunk!r}) has no spoken word to end it")
+            raise StageError("silent_chunk", f"chunk {i} ({chunk!r}) has no spoken word to end it")
         if [w for w, _, _ in words[k : k + len(spoken)]] != spoken:
-            raise TimingError("chunks_do_not_match_words",
-                              f"chunk {i} ({chunk!r}) does not continue the aligned words at word {k}")
+            raise StageError("chunks_do_not_match_words",
+                             f"chunk {i} ({chunk!r}) does not continue the aligned words at word {k}")
         k += len(spoken)
         ends.append(words[k - 1][2])
     if k != len(words):
-        raise TimingError("chunks_do_not_match_words", f"the chunks cover {k} of the {len(words)} words")
+        raise StageError("chunks_do_not_match_words", f"the chunks cover {k} of the {len(words)} words")
     return ends
 
 
@@ -84,11 +78,11 @@ def check_chunk_times(ends: list[float], duration_s: float) -> None:
     """Chunk ends must increase, lie inside the clip, and the last must end by the clip's end."""
     for i, end in enumerate(ends):
         if not 0 < end <= duration_s:
-            raise TimingError("chunk_outside_clip", f"chunk {i} ends at {end:.3f} s, outside the "
-                                                    f"{duration_s:.3f} s clip")
+            raise StageError("chunk_outside_clip", f"chunk {i} ends at {end:.3f} s, outside the "
+                                                   f"{duration_s:.3f} s clip")
         if i and end <= ends[i - 1]:
-            raise TimingError("chunk_times_not_increasing",
-                              f"chunk {i} ends at {end:.3f} s, not after chunk {i - 1} ({ends[i - 1]:.3f} s)")
+            raise StageError("chunk_times_not_increasing",
+                             f"chunk {i} ends at {end:.3f} s, not after chunk {i - 1} ({ends[i - 1]:.3f} s)")
 
 
 def speech_seg_sizes(ends: list[float], num_samples: int, rate: int, block: int) -> list[int]:

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..records import StageError
+
 # name -> "module:class", imported on first use so a backend's dependencies load only when chosen.
 BACKENDS = {"gmm": "gmm:GmmBackend", "mfa": "mfa:MfaBackend"}
 
@@ -45,17 +47,6 @@ class Aligned:
     retried: bool = False  # the first beam lost the path and a wider one found it
 
 
-class AlignFailure(Exception):
-    """A clip that cannot be aligned, with a reason code and a specific detail."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-    def __reduce__(self):  # travels between Beam workers
-        return AlignFailure, (self.reason, self.detail)
-
-
 @dataclass
 class TrainReport:
     """What training used and left out."""
@@ -77,10 +68,10 @@ class Backend(ABC):
 
     @abstractmethod
     def train(self, lang: str, clips: list[Clip]) -> tuple[Any, TrainReport]:
-        """A model of `lang` from a sample of its clips; raises AlignFailure when none can be had."""
+        """A model of `lang` from a sample of its clips; raises StageError when none can be had."""
 
     @abstractmethod
-    def align(self, model: Any, clips: list[Clip]) -> list[Aligned | AlignFailure]:
+    def align(self, model: Any, clips: list[Clip]) -> list[Aligned | StageError]:
         """Per clip, its word timings or why it has none."""
 
     def close(self) -> None:  # noqa: B027 - most backends hold nothing to release

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from . import Aligned, AlignFailure, Backend, Clip, TrainReport
+from ..records import StageError
+from . import Aligned, Backend, Clip, TrainReport
 
 INSTALL_HINT = "install it with `conda install -c conda-forge montreal-forced-aligner`"
 
@@ -91,11 +92,11 @@ def match_words(words: list[str], timed: list[tuple[str, float, float]]) -> list
             start = timed[k][1] if start is None else start
             k += 1
         if spelled != target:
-            raise AlignFailure("aligner_words_differ", f"MFA's words do not spell {word!r} "
-                                                       f"(got {spelled!r} at its word {k})")
+            raise StageError("aligner_words_differ", f"MFA's words do not spell {word!r} "
+                                                     f"(got {spelled!r} at its word {k})")
         out.append((word, start, timed[k - 1][2]))
     if k != len(timed):
-        raise AlignFailure("aligner_words_differ", f"MFA timed {len(timed) - k} word(s) beyond the transcript")
+        raise StageError("aligner_words_differ", f"MFA timed {len(timed) - k} word(s) beyond the transcript")
     return out
 
 
@@ -118,12 +119,12 @@ class MfaBackend(Backend):
         s = self.settings
         reason = missing_reason(s.command)
         if reason:
-            raise AlignFailure("aligner_missing", reason)
+            raise StageError("aligner_missing", reason)
         if lang not in s.dictionary or lang not in s.acoustic_model:
-            raise AlignFailure("no_model", f"align.mfa has no dictionary or acoustic_model for {lang!r}")
+            raise StageError("no_model", f"align.mfa has no dictionary or acoustic_model for {lang!r}")
         return MfaModel(lang, s.dictionary[lang], s.acoustic_model[lang]), TrainReport()
 
-    def align(self, model: MfaModel, clips: list[Clip]) -> list[Aligned | AlignFailure]:
+    def align(self, model: MfaModel, clips: list[Clip]) -> list[Aligned | StageError]:
         with tempfile.TemporaryDirectory(prefix="simulforge-mfa-") as work:
             corpus, out = os.path.join(work, "corpus"), os.path.join(work, "aligned")
             names = self._write_corpus(corpus, clips)
@@ -145,7 +146,7 @@ class MfaBackend(Backend):
             names.append(name)
         return names
 
-    def _run(self, model: MfaModel, corpus: str, out: str, tmp: str) -> AlignFailure | None:
+    def _run(self, model: MfaModel, corpus: str, out: str, tmp: str) -> StageError | None:
         s = self.settings
         command = [s.command, "align", corpus, model.dictionary, model.acoustic_model, out,
                    "--clean", "-t", tmp, "-j", str(s.num_jobs), "--beam", str(s.beam),
@@ -153,21 +154,21 @@ class MfaBackend(Backend):
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=s.timeout_s)
         except subprocess.TimeoutExpired:
-            return AlignFailure("aligner_timeout", f"`mfa align` ran past {s.timeout_s} s")
+            return StageError("aligner_timeout", f"`mfa align` ran past {s.timeout_s} s")
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-            return AlignFailure("aligner_error", f"`mfa align` exited {done.returncode}: {' | '.join(tail)}")
+            return StageError("aligner_error", f"`mfa align` exited {done.returncode}: {' | '.join(tail)}")
         return None
 
     @staticmethod
-    def _read(path: str, clip: Clip) -> Aligned | AlignFailure:
+    def _read(path: str, clip: Clip) -> Aligned | StageError:
         from praatio import textgrid
 
         if not os.path.exists(path):
-            return AlignFailure("alignment_failed", "MFA could not align the clip (it wrote no TextGrid)")
+            return StageError("alignment_failed", "MFA could not align the clip (it wrote no TextGrid)")
         tier = textgrid.openTextgrid(path, includeEmptyIntervals=False).getTier("words")
         timed = [(e.label, e.start, e.end) for e in tier.entries if e.label.strip() and e.label != "<eps>"]
         try:
             return Aligned(match_words(clip.words, timed))
-        except AlignFailure as e:
+        except StageError as e:
             return e

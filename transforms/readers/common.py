@@ -7,11 +7,22 @@ import csv
 import os
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import files
+from ..records import StageError
 
 STAGE = "read"
+
+
+@dataclass
+class CorpusSettings:
+    """A corpus's block of configs/curate.yaml (`corpus.<name>`)."""
+
+    path: str | None  # None: <input>/<corpus name>
+    splits: dict[str, str]  # the corpus's split names -> the dataset's (train / validation / test)
+    license: str  # SPDX-style id, stated in the dataset card
+    locales: dict[str, str] = field(default_factory=dict)  # language -> folder, for corpora that need it
 
 
 @dataclass(frozen=True)
@@ -26,23 +37,15 @@ class ReadTask:
     root: str  # corpus root: nothing a record points to may lie outside it
 
 
-class BadLine(Exception):
-    """A line that cannot be used, with its reason code."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
-def lines(path: str) -> list[str | BadLine]:
+def lines(path: str) -> list[str | StageError]:
     """The file's lines, each decoded on its own so one bad line does not cost the whole file."""
-    out: list[str | BadLine] = []
+    out: list[str | StageError] = []
     for i, raw in enumerate(files.read_bytes(path).split(b"\n"), 1):
         raw = raw.rstrip(b"\r")
         try:
             out.append(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
-            out.append(BadLine("non_utf8", f"line {i} is not UTF-8 ({e.reason} at byte {e.start})"))
+            out.append(StageError("non_utf8", f"line {i} is not UTF-8 ({e.reason} at byte {e.start})"))
     if out and out[-1] == "":
         out.pop()  # the newline that ends the last line
     return out
@@ -103,9 +106,9 @@ def clean_text(text: str, what: str, lang: str | None = None) -> tuple[str, list
         fixes.append(f"{name} normalised to NFC")
     text = " ".join(text.split())
     if not text:
-        raise BadLine("empty_text", f"{what} is empty or whitespace only")
+        raise StageError("empty_text", f"{what} is empty or whitespace only")
     if not any(ch.isalnum() for ch in text):
-        raise BadLine("empty_text", f"{what} has no letter or digit, so no spoken word: {text[:80]!r}")
+        raise StageError("empty_text", f"{what} has no letter or digit, so no spoken word: {text[:80]!r}")
     return text, fixes
 
 
@@ -118,8 +121,8 @@ def outside_root(path: str, root: str) -> str | None:
     return None if os.path.commonpath([real, base]) == base else real
 
 
-def tsv_rows(path: str, header: bool) -> Iterator[tuple[int, list[str] | BadLine]]:
-    """(line number, fields or BadLine) for each data row."""
+def tsv_rows(path: str, header: bool) -> Iterator[tuple[int, list[str] | StageError]]:
+    """(line number, fields or StageError) for each data row."""
     rows = lines(path)
     for i, line in enumerate(rows[1:] if header else rows, 2 if header else 1):
-        yield i, line if isinstance(line, BadLine) else tsv_fields(line)
+        yield i, line if isinstance(line, StageError) else tsv_fields(line)

@@ -10,14 +10,25 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .. import files
-from ..records import AudioRef, Reject, Utterance
-from .common import STAGE, BadLine, ReadTask, clean_text, outside_root, tsv_rows
+from ..records import AudioRef, Reject, StageError, Utterance
+from .common import STAGE, CorpusSettings, ReadTask, clean_text, outside_root, tsv_rows
 
 CORPUS = "covost"
+TITLE = "CoVoST 2"  # as the dataset card names it
+CITATION = """@inproceedings{wang21s_interspeech,
+  title = {{CoVoST} 2 and Massively Multilingual Speech Translation},
+  author = {Wang, Changhan and Wu, Anne and Gu, Jiatao and Pino, Juan},
+  booktitle = {Proc. Interspeech 2021},
+  year = {2021},
+  pages = {2247--2251},
+  doi = {10.21437/Interspeech.2021-2027},
+  note = {arXiv:2007.10310}
+}"""
 COLUMNS = ("path", "sentence", "translation", "client_id", "split")
 
 
-def plan(root: str, langs: list[str], splits: list[str]) -> tuple[list[ReadTask], list[str]]:
+def plan(root: str, langs: list[str], settings: CorpusSettings) -> tuple[list[ReadTask], list[str]]:
+    """One task per language's TSV (it holds every split), and the languages with none."""
     tasks, missing = [], []
     for lang in langs:
         path = files.join(root, f"covost_v2.en_{lang}.tsv")
@@ -35,18 +46,19 @@ def validated_clips(root: str) -> dict[str, str]:
         raise FileNotFoundError(f"CoVoST needs the Common Voice release beside it: {path} is missing")
     rows = tsv_rows(path, header=False)
     _, header = next(rows, (0, []))
-    if isinstance(header, BadLine) or "path" not in header or "client_id" not in header:
+    if isinstance(header, StageError) or "path" not in header or "client_id" not in header:
         raise ValueError(f"{path}: the header must name path and client_id columns")
     p, c = header.index("path"), header.index("client_id")
     return {
         fields[p]: fields[c]
         for _, fields in rows
-        if not isinstance(fields, BadLine) and len(fields) > max(p, c)
+        if not isinstance(fields, StageError) and len(fields) > max(p, c)
     }
 
 
-def read(task: ReadTask, split_names: dict[str, str]) -> Iterator[tuple[str, Utterance] | Reject]:
+def read(task: ReadTask, settings: CorpusSettings, work_dir: str) -> Iterator[tuple[str, Utterance] | Reject]:
     """Join parts keyed by clip id, one per TSV row in a requested split."""
+    split_names = settings.splits
     name = f"{CORPUS}/covost_v2.en_{task.lang}.tsv"
     for path in (task.path, files.join(task.root, "validated.tsv")):
         real = outside_root(path, task.root) if files.exists(path) else None
@@ -57,32 +69,32 @@ def read(task: ReadTask, split_names: dict[str, str]) -> Iterator[tuple[str, Utt
     validated = validated_clips(task.root)
     rows = tsv_rows(task.path, header=False)
     _, header = next(rows, (0, []))
-    if isinstance(header, BadLine) or tuple(header[: len(COLUMNS)]) != COLUMNS:
+    if isinstance(header, StageError) or tuple(header[: len(COLUMNS)]) != COLUMNS:
         raise ValueError(f"{task.path}: expected the header {' '.join(COLUMNS)}, got {header!r}")
     for n, fields in rows:
         where, uid = f"{name}:{n}", f"{name}#{n}"
         try:
-            if isinstance(fields, BadLine):
+            if isinstance(fields, StageError):
                 raise fields
             if len(fields) != len(COLUMNS):
-                raise BadLine("malformed_row", f"expected {len(COLUMNS)} fields, got {len(fields)}")
+                raise StageError("malformed_row", f"expected {len(COLUMNS)} fields, got {len(fields)}")
             row = dict(zip(COLUMNS, fields, strict=True))
             clip = row["path"]
             uid = f"{CORPUS}/{clip.rsplit('.', 1)[0]}"
             if row["split"] not in split_names:
-                raise BadLine("unknown_split", f"split {row['split']!r} is not one of {sorted(split_names)}")
+                raise StageError("unknown_split", f"split {row['split']!r} is not one of {sorted(split_names)}")
             path = files.within(files.join(task.root, "clips"), clip)
             if path is None:
-                raise BadLine("unsafe_path", f"clip path {clip!r} points outside clips/")
+                raise StageError("unsafe_path", f"clip path {clip!r} points outside clips/")
             real = outside_root(path, task.root)
             if real:
-                raise BadLine("unsafe_path", f"clip {clip!r} links to {real}, outside the corpus root {task.root}")
+                raise StageError("unsafe_path", f"clip {clip!r} links to {real}, outside the corpus root {task.root}")
             if clip not in validated:
-                raise BadLine("not_validated", f"{clip} is not listed in validated.tsv")
+                raise StageError("not_validated", f"{clip} is not listed in validated.tsv")
             source, fixes = clean_text(row["sentence"], "sentence")
             target, target_fixes = clean_text(row["translation"], "translation", task.lang)
-        except BadLine as e:
-            yield Reject(uid, STAGE, e.reason, e.detail, where)
+        except StageError as e:
+            yield e.reject(uid, STAGE, where)
             continue
         yield uid, Utterance(
             id=uid,

@@ -15,15 +15,27 @@ import tarfile
 from collections.abc import Iterator
 
 from .. import files
-from ..records import AudioRef, Reject, Stat, Translation, Utterance
-from .common import STAGE, BadLine, ReadTask, clean_text, outside_root, tsv_rows
+from ..records import AudioRef, Reject, StageError, Stat, Translation, Utterance
+from .common import STAGE, CorpusSettings, ReadTask, clean_text, outside_root, tsv_rows
 
 CORPUS = "fleurs"
+TITLE = "FLEURS"  # as the dataset card names it
+CITATION = """@inproceedings{conneau2023fleurs,
+  title = {{FLEURS}: Few-Shot Learning Evaluation of Universal Representations of Speech},
+  author = {Conneau, Alexis and Ma, Min and Khanuja, Simran and Zhang, Yu and Axelrod, Vera and Dalmia, Siddharth
+            and Riesa, Jason and Rivera, Clara and Bapna, Ankur},
+  booktitle = {2022 IEEE Spoken Language Technology Workshop (SLT)},
+  year = {2023},
+  pages = {798--805},
+  doi = {10.1109/SLT54892.2023.10023141},
+  note = {arXiv:2205.12446}
+}"""
 SAMPLING_RATE = 16000  # FLEURS' num_samples column counts samples at this rate
 
 
-def plan(root: str, langs: list[str], splits: list[str], locales: dict[str, str]):
-    tasks, missing = [], []
+def plan(root: str, langs: list[str], settings: CorpusSettings) -> tuple[list[ReadTask], list[str]]:
+    """The English transcripts of every split, each language's translations, and the languages with none."""
+    tasks, missing, splits, locales = [], [], list(settings.splits), settings.locales
     source = files.join(root, locales["en"])
     for split in splits:
         path = files.join(source, f"{split}.tsv")
@@ -47,8 +59,8 @@ def plan(root: str, langs: list[str], splits: list[str], locales: dict[str, str]
 def _rows(task: ReadTask, locale: str) -> Iterator[tuple[str, list[str]] | Reject]:
     name = f"{CORPUS}/{locale}/{task.split}.tsv"
     for n, fields in tsv_rows(task.path, header=False):
-        if isinstance(fields, BadLine):
-            yield Reject(f"{name}#{n}", STAGE, fields.reason, fields.detail, f"{name}:{n}")
+        if isinstance(fields, StageError):
+            yield fields.reject(f"{name}#{n}", STAGE, f"{name}:{n}")
         elif len(fields) != 7:
             yield Reject(f"{name}#{n}", STAGE, "malformed_row", f"expected 7 fields, got {len(fields)}", f"{name}:{n}")
         else:
@@ -98,8 +110,9 @@ def _unsafe_file(task: ReadTask, path: str, name: str) -> Reject | None:
                   "nothing of it is read", name)
 
 
-def read(task: ReadTask, split_name: str, locale: str, work_dir: str) -> Iterator:
+def read(task: ReadTask, settings: CorpusSettings, work_dir: str) -> Iterator:
     """Source rows become clips keyed by sentence id; translation rows become `Translation`s."""
+    split_name, locale = settings.splits[task.split], settings.locales[task.lang]
     unsafe = _unsafe_file(task, task.path, f"{CORPUS}/{locale}/{task.split}.tsv")
     if unsafe:
         yield unsafe
@@ -112,8 +125,8 @@ def read(task: ReadTask, split_name: str, locale: str, work_dir: str) -> Iterato
             where, fields = item
             try:
                 text, fixes = clean_text(fields[2], "raw_transcription", task.lang)
-            except BadLine as e:
-                yield Reject(f"{CORPUS}/{locale}#{fields[0]}", STAGE, e.reason, e.detail, where)
+            except StageError as e:
+                yield e.reject(f"{CORPUS}/{locale}#{fields[0]}", STAGE, where)
                 continue
             yield f"{CORPUS}:{fields[0]}", Translation(task.lang, text, where, tuple(fixes))
         return
@@ -135,16 +148,16 @@ def read(task: ReadTask, split_name: str, locale: str, work_dir: str) -> Iterato
         try:
             path = files.within(audio_dir, file_name)
             if path is None or "/" in file_name:
-                raise BadLine("unsafe_path", f"file_name {file_name!r} is not a plain file name")
+                raise StageError("unsafe_path", f"file_name {file_name!r} is not a plain file name")
             if unsafe:
-                raise BadLine("unsafe_path", f"its audio archive is not read: {unsafe.detail}")
+                raise StageError("unsafe_path", f"its audio archive is not read: {unsafe.detail}")
             real = outside_root(path, audio_dir)
             if real:
-                raise BadLine("unsafe_path", f"the extracted {file_name} links to {real}, outside {audio_dir}")
+                raise StageError("unsafe_path", f"the extracted {file_name} links to {real}, outside {audio_dir}")
             text, fixes = clean_text(raw, "raw_transcription")
             declared = int(num_samples) / SAMPLING_RATE if num_samples.isdigit() else None
-        except BadLine as e:
-            yield Reject(uid, STAGE, e.reason, e.detail, where)
+        except StageError as e:
+            yield e.reject(uid, STAGE, where)
             continue
         yield f"{CORPUS}:{sid}", Utterance(
             id=uid,

@@ -13,16 +13,29 @@ import re
 from collections.abc import Iterator
 
 from .. import files
-from ..records import AudioRef, Reject, Utterance
-from .common import STAGE, BadLine, ReadTask, clean_text, lines, outside_root
+from ..records import AudioRef, Reject, StageError, Utterance
+from .common import STAGE, CorpusSettings, ReadTask, clean_text, lines, outside_root
 
 CORPUS = "mustc"
+TITLE = "MuST-C"  # as the dataset card names it
+CITATION = """@inproceedings{di-gangi-etal-2019-must,
+  title = {{M}u{ST}-{C}: a {M}ultilingual {S}peech {T}ranslation {C}orpus},
+  author = {Di Gangi, Mattia A. and Cattoni, Roldano and Bentivogli, Luisa and Negri, Matteo and Turchi, Marco},
+  booktitle = {Proceedings of the 2019 Conference of the North {A}merican Chapter of the Association for
+               Computational Linguistics: Human Language Technologies, Volume 1 (Long and Short Papers)},
+  year = {2019},
+  pages = {2012--2017},
+  address = {Minneapolis, Minnesota},
+  publisher = {Association for Computational Linguistics},
+  url = {https://aclanthology.org/N19-1202},
+  doi = {10.18653/v1/N19-1202}
+}"""
 _FIELD = re.compile(r"(\w+):\s*([^,}]+)")
 
 
-def plan(root: str, langs: list[str], splits: list[str]) -> tuple[list[ReadTask], list[str]]:
+def plan(root: str, langs: list[str], settings: CorpusSettings) -> tuple[list[ReadTask], list[str]]:
     """Read tasks for every (language, split) present, and the languages with no release."""
-    tasks, missing = [], []
+    tasks, missing, splits = [], [], list(settings.splits)
     for lang in langs:
         data = files.join(root, f"en-{lang}", "data")
         if not files.exists(data):
@@ -42,25 +55,26 @@ def segment_id(wav: str, offset: float) -> str:
 def parse_entry(line: str) -> dict[str, str]:
     body = line.strip()
     if not (body.startswith("- {") and body.endswith("}")):
-        raise BadLine("malformed_entry", f"not a flow-style YAML list entry: {line[:80]!r}")
+        raise StageError("malformed_entry", f"not a flow-style YAML list entry: {line[:80]!r}")
     entry = {k: v.strip() for k, v in _FIELD.findall(body)}
     for key in ("duration", "offset", "wav"):
         if key not in entry:
-            raise BadLine("malformed_entry", f"entry has no {key}: {line[:80]!r}")
+            raise StageError("malformed_entry", f"entry has no {key}: {line[:80]!r}")
     try:
         duration, offset = float(entry["duration"]), float(entry["offset"])
     except ValueError:
-        raise BadLine("malformed_entry", f"offset/duration not numbers: {line[:80]!r}") from None
+        raise StageError("malformed_entry", f"offset/duration not numbers: {line[:80]!r}") from None
     # A non-positive duration would read the talk from the offset to its end as one clip. An offset
     # past the end of the wav is found by the audio stage, the first to open the wav.
     if not (math.isfinite(duration) and math.isfinite(offset)) or duration <= 0 or offset < 0:
-        raise BadLine("bad_segment_time", f"offset {entry['offset']} s, duration {entry['duration']} s: "
+        raise StageError("bad_segment_time", f"offset {entry['offset']} s, duration {entry['duration']} s: "
                                           "a segment starts at 0 s or later and lasts more than 0 s")
     return entry
 
 
-def read(task: ReadTask, split_name: str) -> Iterator[tuple[str, Utterance] | Reject]:
+def read(task: ReadTask, settings: CorpusSettings, work_dir: str) -> Iterator[tuple[str, Utterance] | Reject]:
     """Join parts keyed by segment id (talk + offset), in talk and numeric-offset order."""
+    split_name = settings.splits[task.split]
     txt = task.path.rsplit("/", 1)[0]
     rel = f"{CORPUS}/en-{task.lang}/data/{task.split}/txt/{task.split}"
     real = outside_root(task.path, task.root)
@@ -98,16 +112,16 @@ def read(task: ReadTask, split_name: str) -> Iterator[tuple[str, Utterance] | Re
     parsed = []
     for i, line in enumerate(entries):
         try:
-            if isinstance(line, BadLine):
+            if isinstance(line, StageError):
                 raise line
             entry = parse_entry(line)
             for lang in ("en", task.lang):
-                if isinstance(texts[lang][i], BadLine):
+                if isinstance(texts[lang][i], StageError):
                     bad = texts[lang][i]
-                    raise BadLine(bad.reason, f"{rel}.{lang}: {bad.detail}")
+                    raise StageError(bad.reason, f"{rel}.{lang}: {bad.detail}")
             parsed.append((entry["wav"], float(entry["offset"]), i, entry))
-        except BadLine as e:
-            yield Reject(f"{rel}.yaml#{i + 1}", STAGE, e.reason, e.detail, where(i))
+        except StageError as e:
+            yield e.reject(f"{rel}.yaml#{i + 1}", STAGE, where(i))
 
     wav_dir = files.join(task.root, f"en-{task.lang}", "data", task.split, "wav")
     for wav, offset, i, entry in sorted(parsed, key=lambda p: (p[0], p[1])):
@@ -115,14 +129,14 @@ def read(task: ReadTask, split_name: str) -> Iterator[tuple[str, Utterance] | Re
         try:
             wav_path = files.within(wav_dir, wav)
             if wav_path is None:
-                raise BadLine("unsafe_path", f"wav {wav!r} points outside {wav_dir}")
+                raise StageError("unsafe_path", f"wav {wav!r} points outside {wav_dir}")
             real = outside_root(wav_path, task.root)
             if real:
-                raise BadLine("unsafe_path", f"wav {wav!r} links to {real}, outside the corpus root {task.root}")
+                raise StageError("unsafe_path", f"wav {wav!r} links to {real}, outside the corpus root {task.root}")
             source, fixes = clean_text(texts["en"][i], f"{rel}.en line {i + 1}")
             target, target_fixes = clean_text(texts[task.lang][i], f"{rel}.{task.lang} line {i + 1}", task.lang)
-        except BadLine as e:
-            yield Reject(uid, STAGE, e.reason, e.detail, where(i))
+        except StageError as e:
+            yield e.reject(uid, STAGE, where(i))
             continue
         yield uid, Utterance(
             id=uid,

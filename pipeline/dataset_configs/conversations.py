@@ -1,19 +1,35 @@
-"""Rows and features of the published `conversations` config (DESIGN.md §5).
+"""The `conversations` config (DESIGN.md §5): one row per simulated conversation.
 
-One row is one simulated conversation. `audio` is the C-channel FLAC, which `datasets`
-decodes to (channels, samples); per-language columns are structs with one field per requested
-language, so the schema is the same in every shard (a language a conversation lacks is null).
+`audio` is the C-channel FLAC, which `datasets` decodes to (channels, samples); per-language
+columns are structs with one field per requested language, so the schema is the same in every
+shard (a language a conversation lacks is null).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Audio, Features, List, Value
 
-from .records import Conversation
-from .sot import rttm_text
+from ...transforms.records import Conversation
+from ...transforms.sot import rttm_text
+from .. import plots
+
+NAME = "conversations"
+SOURCE = "simulate"
+ROW = ("one simulated two-talker conversation: multi-channel audio, SOT transcript and translations, room, "
+       "RTTM")
+USAGE = 'row["audio"].get_all_samples().data.shape, row["sot_text"]'
+LANGUAGE_COLUMN = "sot_translation"
+FIGURE_COLUMNS = ("room", "segments")
+
+
+def enabled(settings) -> bool:
+    return NAME in settings.configs and settings.simulate.enabled
 
 
 def _per_language(languages: Sequence[str]) -> dict[str, Value]:
@@ -88,3 +104,35 @@ def row(conversation: Conversation, languages: Sequence[str]) -> dict[str, Any]:
         "room": conversation.room,
         "rttm": rttm_text(conversation.id, conversation.segments),
     }
+
+
+def features(settings) -> Features:
+    return conversation_features(settings.languages, settings.simulate.sampling_rate)
+
+
+def rows(conversation: Conversation, settings) -> list[dict[str, Any]]:
+    return [row(conversation, settings.languages)]
+
+
+def _overlap_ratios(segments: pa.Array, durations) -> list[float]:
+    """Overlapped time / conversation time, as the simulate stage counts it: only consecutive
+    turns overlap, by how far a turn starts before the previous one ends."""
+    out = []
+    for turns, duration in zip(segments.to_pylist(), durations, strict=True):
+        spans = sorted((t["start_s"], t["end_s"]) for t in turns or [])
+        overlap = sum(max(0.0, a_end - b_start) for (_, a_end), (b_start, _) in pairwise(spans))
+        if duration:
+            out.append(overlap / duration)
+    return out
+
+
+def add_figures(table: pa.Table, figures: plots.Figures, langs: list[str], published: dict) -> None:
+    """RT60 and SNR of the simulated rooms, and the turn overlap of each conversation."""
+    if {"room", "segments", "duration"} <= set(table.column_names):
+        room = table["room"].combine_chunks()
+        for key in ("rt60_s", "snr_db"):
+            values = pc.struct_field(room, key).to_pylist()
+            figures.rooms.setdefault(key, []).extend(v for v in values if v is not None)
+        durations = table["duration"].to_numpy(zero_copy_only=False)
+        figures.rooms.setdefault("overlap_ratio", []).extend(
+            _overlap_ratios(table["segments"].combine_chunks(), durations))

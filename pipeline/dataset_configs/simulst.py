@@ -1,6 +1,5 @@
-"""Rows and features of the published `simulst` config (DESIGN.md §5).
-
-One row is one aligned utterance with its audio stored once and every latency level:
+"""The `simulst` config (DESIGN.md §5): one row per aligned utterance, its audio stored once with
+every latency level:
 
   latency.<level>    source_chunks, target_chunks.<lang>, chunk_end_s (clip-relative
                      seconds), speech_seg_size (cumulative samples read before writing each
@@ -22,11 +21,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Features, List, Value
 
-from .publish import offline_features, offline_row
-from .records import Utterance
-from .timing import policy_labels, speech_seg_sizes
+from ...transforms.records import Utterance
+from ...transforms.timing import policy_labels, speech_seg_sizes
+from .. import plots
+from .offline import embedding_dim, offline_features, offline_row
+
+NAME = "simulst"
+SOURCE = "align"
+ROW = "one utterance with every latency level: audio once, per level the chunks and where they end"
+USAGE = 'row["audio"].get_all_samples(), row["words"]'
+LANGUAGE_COLUMN = "translation"
+LEVELS = "latency"  # the struct of latency levels, each with its chunks and their end times
+FIGURE_COLUMNS = (LEVELS,)
+
+
+def enabled(settings) -> bool:
+    return NAME in settings.configs
 
 
 def simulst_features(languages: Sequence[str], levels: Sequence[str], sampling_rate: int,
@@ -81,3 +96,43 @@ def row(utt: Utterance, languages: Sequence[str], levels: Sequence[str], *, bloc
                          for name in levels},
     })
     return out
+
+
+def features(settings) -> Features:
+    return simulst_features(settings.languages, settings.segment.levels, settings.sampling_rate,
+                            embedding_dim(settings))
+
+
+def rows(utt: Utterance, settings) -> list[dict[str, Any]]:
+    return [row(utt, settings.languages, settings.segment.levels, block_samples=settings.align.block_samples,
+                sampling_rate=settings.sampling_rate,
+                monotonicity={level: seg.crossing for level, seg in utt.segmentations.items()})]
+
+
+def _seconds_per_chunk(ends: pa.Array) -> np.ndarray:
+    """Each chunk's speech: its end minus the previous chunk's end (the first starts at 0)."""
+    ends = ends.filter(pc.is_valid(ends))
+    values = pc.list_flatten(ends).to_numpy(zero_copy_only=False).astype(float)
+    if not len(values):
+        return values
+    seconds = np.diff(values, prepend=0.0)
+    offsets = ends.offsets.to_numpy()
+    starts = offsets[:-1][offsets[:-1] < offsets[1:]] - offsets[0]
+    seconds[starts] = values[starts]
+    return seconds
+
+
+def add_figures(table: pa.Table, figures: plots.Figures, langs: list[str], published: dict) -> None:
+    """Seconds of speech per chunk and level; words per chunk too, unless `simulmt` (one row per
+    level) is published and counts the same chunks."""
+    if LEVELS not in table.column_names:
+        return
+    container = table[LEVELS].combine_chunks()
+    for i in range(container.type.num_fields):
+        level, struct = container.type.field(i).name, pc.struct_field(container, i)
+        if "simulmt" not in published and struct.type.get_field_index("source_chunks") >= 0:
+            counts = plots.words_per_chunk(pc.struct_field(struct, "source_chunks"))
+            figures.chunk_words.setdefault(level, []).extend(int(n) for n in counts)
+        if struct.type.get_field_index("chunk_end_s") >= 0:
+            seconds = _seconds_per_chunk(pc.struct_field(struct, "chunk_end_s"))
+            figures.chunk_seconds.setdefault(level, []).extend(float(s) for s in seconds)

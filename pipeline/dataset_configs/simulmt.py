@@ -1,4 +1,4 @@
-"""Rows of the text-only `simulmt` config: one per utterance and latency level.
+"""The text-only `simulmt` config: one row per utterance and latency level.
 
 Columns:
   id             the utterance id
@@ -17,10 +17,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from .records import Segmentation, Utterance
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Features, List, Value
+
+from ...transforms.records import Segmentation, Utterance
+from .. import plots
+
+NAME = "simulmt"
+SOURCE = "segment"
+ROW = "one text-only sample per utterance and latency level, reads and writes interleaved"
+USAGE = 'row["latency"], row["text"]["{lang}"]'
+LANGUAGE_COLUMN = "text"
+FIGURE_COLUMNS = ("latency", "source_chunks")
 
 END_OF_READ = "<|end-of-read|>"
 END_OF_WRITE = "<|end-of-write|>"
+
+
+def enabled(settings) -> bool:
+    return NAME in settings.configs
 
 
 def interleave(source_chunks: list[str], target_chunks: list[str]) -> str:
@@ -66,10 +82,7 @@ def _chunks(seg: Segmentation, lang: str) -> list[str] | None:
     return list(seg.target_chunks[lang]) if lang in seg.target_chunks else None
 
 
-def simulmt_features(languages: list[str]):
-    """`datasets.Features` of the rows above (imported lazily: only publishing needs datasets)."""
-    from datasets import Features, List, Value
-
+def simulmt_features(languages: list[str]) -> Features:
     strings = List(Value("string"))
     return Features(
         {
@@ -81,3 +94,20 @@ def simulmt_features(languages: list[str]):
             "offline": {lang: Value("string") for lang in languages},
         }
     )
+
+
+def features(settings) -> Features:
+    return simulmt_features(settings.languages)
+
+
+def rows(utt: Utterance, settings) -> list[dict[str, Any]]:
+    return simulmt_rows(utt, settings.languages)
+
+
+def add_figures(table: pa.Table, figures: plots.Figures, langs: list[str], published: dict) -> None:
+    """Source words per chunk, per latency level."""
+    if {"latency", "source_chunks"} <= set(table.column_names):
+        chunks = table["source_chunks"].combine_chunks()
+        levels = pc.take(table["latency"], pc.list_parent_indices(chunks)).to_pylist()
+        for level, n in zip(levels, plots.words_per_chunk(chunks), strict=True):
+            figures.chunk_words.setdefault(level, []).append(int(n))

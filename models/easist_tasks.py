@@ -1,0 +1,194 @@
+"""The EASiST family's training examples (the family itself is easist.py): rows of the published
+configs as `Layout`s, the interleaved sequences `Easist.forward` is trained on.
+
+A `Layout` is a list of `Speech` (a run of encoder blocks, with a policy label at each block's last
+position) and `Text` (token ids, which ones are predicted, policy labels) segments:
+- task `simulmt` (stage I, `simulmt` config): interleaved SimulMT strings, every token predicted, and
+  offline MT (prompt, source, <|end-of-read|>, target, <|end-of-write|>; the target predicted);
+- task `st` (stage II, `offline`): prompt, all speech, <|end-of-read|>, translation, <|end-of-write|>;
+- task `sft` (stage III, `simulst`): per latency level and language the interleaved SimulST sequence
+  with policy labels, plus the offline ST sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from simulforge.training.data import get
+from simulforge.training.simulst import check_simulst_features, chunks, offline_reference
+from simulforge.training.simulst import texts as simulst_texts
+from simulforge.training.tasks import Task, batch_features
+from simulforge.training.tokenizer import lang_tag
+
+END_OF_READ, END_OF_WRITE = "<|end-of-read|>", "<|end-of-write|>"
+
+
+@dataclass
+class Speech:
+    """Encoder blocks [start, stop) of the utterance; policy[i] labels the last position of block start+i."""
+
+    start: int
+    stop: int
+    policy: list[int]  # 0 read, 1 write, -100 unlabelled
+
+
+@dataclass
+class Text:
+    ids: list[int]
+    predict: list[bool]  # token i is a cross-entropy target (predicted from the position before it)
+    policy: list[int]
+
+
+@dataclass
+class Layout:
+    """One training sequence; `task` names its cross-entropy term (e.g. simulst, st, simulmt, mt)."""
+
+    task: str
+    segments: list[Speech | Text]
+    utterance: int = -1  # row of the batch's features the Speech segments read (-1: text only)
+
+
+@dataclass
+class EasistOptions:
+    languages: list[str] = field(default_factory=lambda: ["de"])
+    prompt: str = "{tag}"  # formatted with tag (<2de>) and lang; not predicted
+    weights: dict[str, float] = field(default_factory=dict)  # per loss term (ce/<task>, policy); default 1
+    levels: list[str] | None = None  # simulmt / sft: latency levels to use (None: all)
+    translation: str = "translation"  # offline ST reference column {lang: text}
+
+
+class _EasistTask(Task):
+    options_cls = EasistOptions
+
+    def __init__(self, options, model_cfg, where):
+        super().__init__(options, model_cfg, where)
+        self.langs = list(self.opts.languages)
+
+    def specials(self):
+        return [END_OF_READ, END_OF_WRITE] + [lang_tag(lang) for lang in self.langs]
+
+    def prompt(self, lang: str):
+        ids = self.encode(self.opts.prompt.format(tag=lang_tag(lang), lang=lang))
+        return Text(ids, [False] * len(ids), [-100] * len(ids))
+
+    def write_segment(self, target: list[int], policy: bool):
+        """<|end-of-read|> target <|end-of-write|>: the target and <|end-of-write|> are predicted;
+        with `policy`, <|end-of-read|> and the target tokens are labelled write (1)."""
+        ids = [self.special(END_OF_READ)] + target + [self.special(END_OF_WRITE)]
+        predict = [False] + [True] * (len(target) + 1)
+        labels = [1] * (len(target) + 1) + [-100] if policy else [-100] * len(ids)
+        return Text(ids, predict, labels)
+
+    def loss(self, model, batch):
+        losses, metrics = model(batch["layouts"], batch.get("feats"), batch.get("lengths"))
+        total = sum(self.opts.weights.get(name, 1.0) * value for name, value in losses.items())
+        return total, metrics
+
+    def blocks(self, n_frames: int) -> int:
+        enc = math.ceil(n_frames / 4)
+        return max(1, math.ceil(enc / self.model_cfg.encoder.block_len))
+
+    def examples(self, n_rows):
+        return [(i, lang) for i in range(n_rows) for lang in self.langs]
+
+
+class EasistSimulMtTask(_EasistTask):
+    """Stage I: interleaved SimulMT strings (every token predicted) and offline MT (target predicted)."""
+
+    needs_audio = False
+
+    def columns(self):
+        return ["latency"] + [f"text.{lang}" for lang in self.langs] + [f"offline.{lang}" for lang in self.langs]
+
+    def text_columns(self):
+        return [f"text.{lang}" for lang in self.langs] + [f"offline.{lang}" for lang in self.langs]
+
+    def keep(self, row):
+        return self.opts.levels is None or row["latency"] in self.opts.levels
+
+    def text_length(self, row):
+        return sum(len(v or "") for v in row["text"].values()) // 3 + 1
+
+    def collate(self, rows, variants):
+        layouts = []
+        first_level = (self.opts.levels or [None])[0]
+        for row, lang in zip(rows, variants, strict=True):
+            text = row["text"].get(lang)
+            if text:
+                ids = self.encode(text)
+                layouts.append(Layout("simulmt", [self.prompt(lang), Text(ids, [True] * len(ids), [-100] * len(ids))]))
+            offline = row["offline"].get(lang)
+            if offline and (first_level is None or row["latency"] == first_level) and END_OF_READ in offline:
+                source, target = offline.split(END_OF_READ, 1)
+                src = self.encode(source)
+                tgt = self.encode(target.replace(END_OF_WRITE, ""))
+                layouts.append(Layout("mt", [self.prompt(lang), Text(src, [False] * len(src), [-100] * len(src)),
+                                             self.write_segment(tgt, policy=False)]))
+        if not layouts:  # a batch of rows without text in these languages: keep the step well-defined
+            layouts.append(Layout("simulmt", [self.prompt(variants[0])]))
+        return {"layouts": layouts}
+
+
+class EasistOfflineStTask(_EasistTask):
+    """Stage II: prompt, all speech, <|end-of-read|>, the reference translation, <|end-of-write|>."""
+
+    def columns(self):
+        return ["audio"] + [f"{self.opts.translation}.{lang}" for lang in self.langs]
+
+    text_columns = columns
+
+    def keep(self, row):
+        return any(get(row, f"{self.opts.translation}.{lang}") for lang in self.langs)
+
+    def collate(self, rows, variants):
+        feats, lengths = batch_features(rows)
+        layouts = []
+        for i, (row, lang) in enumerate(zip(rows, variants, strict=True)):
+            text = get(row, f"{self.opts.translation}.{lang}")
+            if not text:
+                continue
+            n = self.blocks(int(lengths[i]))
+            layouts.append(Layout("st", [self.prompt(lang), Speech(0, n, [-100] * n),
+                                         self.write_segment(self.encode(text), policy=False)], utterance=i))
+        return {"layouts": layouts or [Layout("st", [self.prompt(variants[0])])], "feats": feats, "lengths": lengths}
+
+
+class EasistSftTask(_EasistTask):
+    """Stage III: per (utterance, level, language) the interleaved SimulST sequence with policy labels,
+    plus (once per utterance and language) the offline ST sequence."""
+
+    def columns(self):
+        return ["audio"]
+
+    def check_features(self, features):
+        check_simulst_features(features, self.opts.levels, self.langs, self.where)
+
+    def texts(self, ds):
+        for row in ds.remove_columns([c for c in ("audio",) if c in ds.column_names]):
+            yield from simulst_texts(row, self.langs)
+            reference = row.get(self.opts.translation)
+            if isinstance(reference, dict):
+                yield from (reference.get(lang) or "" for lang in self.langs)
+
+    def collate(self, rows, variants):
+        feats, lengths = batch_features(rows)
+        layouts = []
+        for i, (row, lang) in enumerate(zip(rows, variants, strict=True)):
+            total = self.blocks(int(lengths[i]))
+            levels = chunks(row, lang, self.opts.levels, self.model_cfg.encoder.block_frames, self.rate)
+            for level in levels.values():
+                pieces, read = [self.prompt(lang)], 0
+                for chunk in level:
+                    stop, labels = min(chunk.stop_block, total), chunk.labels[: max(0, total - read)]
+                    if stop > read:
+                        labels[-1] = 1  # a chunk cut short by the features' end is still written after it
+                        pieces.append(Speech(read, stop, labels))
+                        read = stop
+                    pieces.append(self.write_segment(self.encode(chunk.target), policy=True))
+                layouts.append(Layout("simulst", pieces, utterance=i))
+            reference = offline_reference(row, lang, self.opts.translation, levels)
+            if reference:
+                layouts.append(Layout("st", [self.prompt(lang), Speech(0, total, [-100] * total),
+                                             self.write_segment(self.encode(reference), policy=False)], utterance=i))
+        return {"layouts": layouts or [Layout("st", [self.prompt(variants[0])])], "feats": feats, "lengths": lengths}
