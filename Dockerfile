@@ -17,6 +17,7 @@ COPY models models
 COPY training training
 COPY eval eval
 COPY configs configs
+COPY settings settings
 COPY demo demo
 RUN pip install --no-cache-dir --no-deps .
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import yaml
 
+from ..settings import ConfigError, build, deep_merge, override, stage_defaults
 from ..transforms import files
 from ..transforms.align import ForcedAlignSettings
 from ..transforms.audio import AudioSettings
 from ..transforms.embed import EmbedSettings
 from ..transforms.readers import CORPORA, CorpusSettings
 from ..transforms.segment import SegmentSettings
-from ..transforms.settings import ConfigError, build, deep_merge, stage_defaults
 from ..transforms.simulate import SimulateSettings
 from .dataset_configs import CONFIGS as DATASET_CONFIGS
 
@@ -77,9 +77,10 @@ class CurateSettings:
         path = self.corpus[name].path
         if path:
             return path
-        if self.input is None:
-            raise ConfigError(f"corpus.{name}.path: no input folder and no path for {name}")
         return f"{self.input.rstrip('/')}/{name}"
+
+    def demo_root(self) -> str:
+        return files.join(self.work_dir, "demo")
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes the output (not where it goes or is cached), for the card."""
@@ -93,9 +94,13 @@ class CurateSettings:
 
     def resolve_paths(self) -> None:
         """Caches left at null go under `work_dir`, so everything a run writes lands in
-        `work_dir` or `output`, wherever the command is run from."""
+        `work_dir` or `output`, wherever the command is run from; no input means the demo
+        corpora, built into `work_dir` on first use, with their true word times."""
         if files.is_local(self.work_dir):
             self.work_dir = os.path.abspath(self.work_dir)
+        if self.input is None:
+            self.input = self.demo_root()
+            self.align.truth = self.align.truth or files.join(self.input, "truth", "word_times.jsonl")
         seg = self.segment
         seg.align.cache_dir = seg.align.cache_dir or files.join(self.work_dir, "eflomal")
         seg.llm.cache_path = seg.llm.cache_path or files.join(self.work_dir, "segment_llm.sqlite")
@@ -110,17 +115,6 @@ def defaults() -> dict[str, Any]:
     return {**data, **{name: stage_defaults(name) for name in stages}}
 
 
-def parse_override(item: str) -> dict[str, Any]:
-    """`a.b=value` -> {"a": {"b": value}}, the value read as YAML (so lists and numbers work)."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected key.path=value")
-    key, raw = item.split("=", 1)
-    value: Any = yaml.safe_load(raw) if raw else None
-    for part in reversed(key.strip().split(".")):
-        value = {part: value}
-    return value
-
-
 def load(user_file: str | None = None, overrides: list[str] | None = None) -> CurateSettings:
     data = defaults()
     if user_file:
@@ -130,7 +124,7 @@ def load(user_file: str | None = None, overrides: list[str] | None = None) -> Cu
             raise ConfigError(f"{user_file}: expected a YAML mapping at the top")
         data = deep_merge(data, user)
     for item in overrides or []:
-        data = deep_merge(data, parse_override(item))
+        data = override(data, item)
     settings = build(CurateSettings, data, "curate")
     settings.resolve_paths()
     return settings

@@ -19,8 +19,8 @@ from typing import Any
 import apache_beam as beam
 
 from .. import __version__
+from ..settings import ConfigError
 from ..transforms import files, publish, readers
-from ..transforms.settings import ConfigError
 from . import card, dataset_configs, graph, output, report, runners, steps
 from .config import CurateSettings
 
@@ -31,20 +31,15 @@ class RunError(RuntimeError):
     """The run finished but its output cannot be published as it is."""
 
 
-def ensure_input(settings: CurateSettings, echo) -> CurateSettings:
-    """With no input folder, curate the demo corpora (built once into the work dir)."""
-    if settings.input is not None:
-        return settings
+def ensure_demo(settings: CurateSettings, echo) -> None:
+    """The demo corpora, when they are the input, built into the work dir the first time."""
+    root = settings.demo_root()
+    if settings.input != root or files.exists(files.join(root, "README.txt")):
+        return
     from ..demo.corpora import build_demo_corpora
 
-    root = os.path.abspath(os.path.join(settings.work_dir, "demo"))
-    if not os.path.exists(os.path.join(root, "README.txt")):
-        echo(f"no input given: building the demo corpora into {root}")
-        build_demo_corpora(root)
-    settings.input = root
-    if settings.align.truth is None:  # the demo knows its true word timings: measure the aligner
-        settings.align.truth = os.path.join(root, "truth", "word_times.jsonl")
-    return settings
+    echo(f"no input given: building the demo corpora into {root}")
+    build_demo_corpora(root)
 
 
 def plan(settings: CurateSettings, echo) -> tuple[list[readers.ReadTask], dict[str, list[str]]]:
@@ -110,7 +105,7 @@ def run(settings: CurateSettings, extra_beam_args: list[str] | None = None, echo
     with output.Lock(settings.output, echo):
         output.recover(settings.output, echo)
         output.check_target(settings.output, overwrite=settings.overwrite)
-        settings = ensure_input(settings, echo)
+        ensure_demo(settings, echo)
         tasks, missing = plan(settings, echo)
         staging = output.new_staging(settings.output)
         try:

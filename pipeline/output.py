@@ -32,9 +32,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..settings import ConfigError
 from ..transforms import files
 from ..transforms.publish import parse_shard
-from ..transforms.settings import ConfigError
 from . import card
 
 MARKER = ".simulforge-build"

@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from ..transforms.settings import ConfigError
+from ..settings import ConfigError
 
 # Runners that run in this process or beside it and can read local paths: Beam's own list
 # (the direct profiles name FnApiRunner; see configs/runners.yaml for why not DirectRunner).

@@ -71,7 +71,7 @@ def _load_settings(config, path: str | None, overrides: list[str]):
     error naming the file or the --set item."""
     import yaml
 
-    from .transforms.settings import ConfigError
+    from .settings import ConfigError
 
     try:
         return config.load(path, overrides)
@@ -79,21 +79,8 @@ def _load_settings(config, path: str | None, overrides: list[str]):
         if path is None or e.filename != path:
             raise
         raise ConfigError(f"--config {path}: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        in_file = path is not None and getattr(getattr(e, "problem_mark", None), "name", None) == path
-        where = f"--config {path}" if in_file else "--set " + next(
-            (item for item in overrides if not _parses(config, item)), "")
-        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(e).split())}") from e
-
-
-def _parses(config, item: str) -> bool:
-    import yaml
-
-    try:
-        config.parse_override(item)
-    except yaml.YAMLError:
-        return False
-    return True
+    except yaml.YAMLError as e:  # from the file: a --set item that does not parse is a ConfigError
+        raise ConfigError(f"--config {path}: not valid YAML: {' '.join(str(e).split())}") from e
 
 
 # Subcommands that own their argument parsing: name -> (module, help).
@@ -160,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in DELEGATED:
         return _delegate(argv[0], argv[1:])
     args, rest = parser().parse_known_args(argv)
-    from .transforms.settings import ConfigError
+    from .settings import ConfigError
 
     try:
         if args.command == "demo-data":

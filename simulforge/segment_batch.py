@@ -23,12 +23,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from simulforge.pipeline import config as curate_config
+from simulforge.settings import ConfigError
 from simulforge.transforms.records import AudioRef, Utterance
 from simulforge.transforms.segment import SegmentSettings
 from simulforge.transforms.segment_llm import batch
 from simulforge.transforms.segment_llm.client import openai_errors
 from simulforge.transforms.segment_llm.keys import redact
-from simulforge.transforms.settings import ConfigError
 
 
 def read_utterances(path: Path, languages: list[str]) -> Iterator[Utterance]:

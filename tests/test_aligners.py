@@ -280,8 +280,8 @@ def test_mfa_words_are_matched_back_across_its_normalisation():
 
 
 def test_mfa_missing_is_said_clearly():
+    from simulforge.settings import ConfigError
     from simulforge.transforms.align import Align
-    from simulforge.transforms.settings import ConfigError
 
     reason = missing_reason("no-such-mfa-command")
     assert "not on PATH" in reason and "conda install" in reason

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from conftest import curate
-from simulforge.transforms.settings import ConfigError
+from simulforge.settings import ConfigError
 
 DE = "mustc/en-de/data/train"
 

@@ -9,10 +9,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from simulforge.settings import ConfigError  # noqa: E402
 from simulforge.transforms import embed  # noqa: E402
 from simulforge.transforms.e5_torch import E5Torch  # noqa: E402
 from simulforge.transforms.records import AudioRef, Reject, Stat, Utterance  # noqa: E402
-from simulforge.transforms.settings import ConfigError  # noqa: E402
 from simulforge.transforms.stage import tally  # noqa: E402
 
 PAIRS = [

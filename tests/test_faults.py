@@ -22,8 +22,8 @@ from conftest import curate
 from fake_openai import FakeOpenAI, error
 from simulforge.pipeline import output, steps
 from simulforge.pipeline.curate import RunError
+from simulforge.settings import ConfigError
 from simulforge.transforms import files
-from simulforge.transforms.settings import ConfigError
 
 NOTES = "NOTES.md"  # a file of the user's in a build folder: never deleted
 

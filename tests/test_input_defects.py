@@ -17,11 +17,11 @@ import soundfile as sf
 from test_bad_input import DE, covost_rows, run
 
 from conftest import curate
+from simulforge.settings import ConfigError
 from simulforge.transforms import align
 from simulforge.transforms.aligners import Aligned
 from simulforge.transforms.readers.common import clean_text
 from simulforge.transforms.records import AudioRef, Reject, Segmentation, Stat, Utterance
-from simulforge.transforms.settings import ConfigError
 
 ES = "mustc/en-es/data/train"
 COVOST_TSV = "covost/covost_v2.en_de.tsv"

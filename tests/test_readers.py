@@ -11,10 +11,10 @@ import soundfile as sf
 
 from simulforge.demo import corpora
 from simulforge.pipeline.config import load
+from simulforge.settings import ConfigError
 from simulforge.transforms.readers import plan, read_task
 from simulforge.transforms.readers.common import tsv_fields
 from simulforge.transforms.records import Reject, Stat, Translation, Utterance
-from simulforge.transforms.settings import ConfigError
 
 
 def _read_all(root, corpus, langs=("de", "es")):

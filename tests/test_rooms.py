@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.signal import fftconvolve
 
+from simulforge.settings import ConfigError
 from simulforge.transforms import rooms, simulate
-from simulforge.transforms.settings import ConfigError
 
 FS = 16000
 SMALL_ROOMS = {"room": {"length_m": [3.0, 4.0], "width_m": [3.0, 4.0], "rt60_s": [0.15, 0.25]}}

@@ -7,7 +7,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 
 from segment_run import run_cli
 from simulforge.pipeline import runners
-from simulforge.transforms.settings import ConfigError
+from simulforge.settings import ConfigError
 
 REMOTE = {"input": "gs://b/raw", "output": "gs://b/out", "work_dir": "gs://b/work"}
 

@@ -9,6 +9,7 @@ import pytest
 
 from segment_run import run_segment
 from simulforge.pipeline.summaries import segment_card_section, segment_summary
+from simulforge.settings import ConfigError
 from simulforge.transforms import segment_align
 from simulforge.transforms.monotonicity import chunked_crossings, crossings
 from simulforge.transforms.records import AudioRef, StageError, Utterance
@@ -25,7 +26,6 @@ from simulforge.transforms.segment_align import (
     segment_pair,
     target_cuts,
 )
-from simulforge.transforms.settings import ConfigError
 
 SETTINGS = load_settings()
 LEVELS, RULES = SETTINGS.levels, SETTINGS.align.levels

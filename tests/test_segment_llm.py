@@ -12,13 +12,13 @@ from fake_openai import FakeOpenAI, Reply, answer_with, completion, error
 from segment_run import run_segment
 from simulforge import segment_batch
 from simulforge.pipeline.summaries import segment_card_section, segment_summary
+from simulforge.settings import ConfigError
 from simulforge.transforms.records import AudioRef, Utterance
 from simulforge.transforms.segment import SYSTEMIC_REASONS, Segment, load_settings
 from simulforge.transforms.segment_llm import LlmSegmenter, keys
 from simulforge.transforms.segment_llm import batch as batch_api
 from simulforge.transforms.segment_llm.answers import InvalidAnswer, check_answer, parse_answer
 from simulforge.transforms.segment_llm.prompt import Item, build_messages, load_prompt
-from simulforge.transforms.settings import ConfigError
 
 KEY = "sk-test-DO-NOT-LEAK-4242"
 LEVELS = ["low", "medium", "high"]

@@ -23,9 +23,9 @@ from pyannote.database.util import load_rttm
 from pyannote.metrics.diarization import DiarizationErrorRate
 
 from simulforge.pipeline.dataset_configs import conversations as conversations_config
+from simulforge.settings import ConfigError
 from simulforge.transforms import pairing, rooms, simulate, sot
 from simulforge.transforms.records import AudioRef, Conversation, Reject, Stat, Utterance
-from simulforge.transforms.settings import ConfigError
 from simulforge.transforms.stage import tally
 
 FS = 16000

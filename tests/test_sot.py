@@ -6,9 +6,9 @@ from pyannote.core import Annotation, Segment, Timeline
 from pyannote.database.util import load_rttm
 from pyannote.metrics.diarization import DiarizationErrorRate
 
+from simulforge.settings import ConfigError
 from simulforge.transforms import pairing, simulate, sot
 from simulforge.transforms.records import AudioRef, Utterance
-from simulforge.transforms.settings import ConfigError
 
 TOKENS = {sot.SELF: "<SELF>", sot.OTHER: "<OTHER>"}
 

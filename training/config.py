@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from ..transforms import settings
+from .. import settings
 
 # A configuration, dataset or tokenizer that cannot be trained on; raised before training starts.
 ConfigError = settings.ConfigError
@@ -103,30 +103,14 @@ def build(cls: type, data: Any, where: str) -> Any:
     return settings.build(cls, data, where, validate=False)
 
 
-def apply_override(data: dict, override: str) -> dict:
-    """`a.b.c=value` (value parsed as YAML) set into `data`; list items by index (`stages.0.steps=5`)."""
-    if "=" not in override:
-        raise ConfigError(f"--set {override!r}: expected KEY=VALUE")
-    key, raw = override.split("=", 1)
-    node, parts = data, key.split(".")
-    for part in parts[:-1]:
-        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-    last = parts[-1]
-    if isinstance(node, list):
-        node[int(last)] = yaml.safe_load(raw)
-    else:
-        node[last] = yaml.safe_load(raw)
-    return data
-
-
 def load(path: str | Path, overrides: list[str] = ()) -> tuple[RunConfig, dict]:
     """The run config of a YAML file with overrides applied -> (RunConfig, the plain data)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     data = yaml.safe_load(path.read_text()) or {}
-    for override in overrides:
-        data = apply_override(data, override)
+    for item in overrides:
+        data = settings.override(data, item)
     return build(RunConfig, data, ""), data
 
 

@@ -1,4 +1,4 @@
-"""The published dataset as training batches, through `datasets` only (DESIGN.md §5).
+"""The published dataset as training batches, through `datasets` only (docs/architecture.md §6).
 
 - `open_split` loads one config/split (or a slice of one, `train[:100]`) with
   `datasets.load_dataset` and refuses, with the configs or splits that do exist, a config or

@@ -1,4 +1,4 @@
-"""Reading the `simulst` config (transforms/simulst_rows.py): per latency level, which encoder
+"""Reading the `simulst` config (pipeline/dataset_configs/simulst.py): per latency level, which encoder
 blocks each target chunk is written after, and the read/write policy labels.
 
 A row holds every level of one utterance (audio stored once) under `latency.<level>`:

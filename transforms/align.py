@@ -1,6 +1,6 @@
 """The align stage: word timings for every segmented utterance, and its chunks' end times.
 
-Shape (DESIGN.md §1, EASiST §3.1):
+Shape (docs/architecture.md §1, EASiST §3.1):
 
 1. Training is corpus-level: per source language, a bounded sample of the utterances
    (`train_minutes`, chosen by a hash of the id, so the same utterances whatever the runner
@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import apache_beam as beam
 
+from ..settings import ConfigError, check_fraction, load_stage
 from . import files
 from .aligners import Aligned, Clip, batch_size, make_backend
 from .aligners.features import FeatureSettings
@@ -34,7 +35,6 @@ from .aligners.gmm import GmmSettings
 from .aligners.mfa import MfaSettings, frame_shift_s, missing_reason
 from .audio import clip_bytes, decode_flac
 from .records import Reject, StageError, Stat, Timing, Utterance
-from .settings import ConfigError, load_stage
 from .stage import STATS, run_stage
 from .timing import (
     check_chunk_times,
@@ -68,8 +68,7 @@ class ForcedAlignSettings:
     max_reject_fraction: float  # of the stage's input, for SYSTEMIC_REASONS, before the run fails
 
     def validate(self, where: str) -> None:
-        if not 0 <= self.max_reject_fraction <= 1:
-            raise ConfigError(f"{where}.max_reject_fraction: must be within 0..1, got {self.max_reject_fraction}")
+        check_fraction(f"{where}.max_reject_fraction", self.max_reject_fraction)
         if self.block_samples < 1:
             raise ConfigError(f"{where}.block_samples: must be at least 1, got {self.block_samples}")
         if not self.train_minutes > 0 or not all(v > 0 for v in self.train_minutes_by_lang.values()):

@@ -28,9 +28,9 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from ..settings import ConfigError, load_stage
 from . import files
 from .records import AudioRef, Reject, StageError, Stat, Utterance
-from .settings import ConfigError, load_stage
 from .timing import spoken_words
 
 STAGE = "audio"

@@ -35,9 +35,9 @@ from typing import Any, Protocol
 import apache_beam as beam
 import numpy as np
 
+from ..settings import ConfigError, check_fraction, load_stage
 from .e5_torch import E5Torch
 from .records import Reject, Stat, Utterance
-from .settings import ConfigError, load_stage
 from .stage import run_stage
 
 STAGE = "embed"
@@ -58,8 +58,7 @@ class EmbedSettings:
     max_reject_fraction: float  # of the stage's input, for SYSTEMIC_REASONS, before the run fails
 
     def validate(self, where: str) -> None:
-        if not 0 <= self.max_reject_fraction <= 1:
-            raise ConfigError(f"{where}.max_reject_fraction: must be within 0..1, got {self.max_reject_fraction}")
+        check_fraction(f"{where}.max_reject_fraction", self.max_reject_fraction)
         if self.teacher not in TEACHERS:
             raise ConfigError(f"{where}.teacher: unknown teacher {self.teacher!r}; known: {', '.join(TEACHERS)}")
         if self.batch_size < 1:

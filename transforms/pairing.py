@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import soundfile as sf
 
+from ..settings import ConfigError
 from . import rooms, sot
 from .audio import clip_file
 from .records import Reject, Stat, Utterance
-from .settings import ConfigError
 
 if TYPE_CHECKING:
     from .simulate import SimulateSettings

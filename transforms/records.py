@@ -1,4 +1,4 @@
-"""The one record vocabulary that flows between stages (DESIGN.md §4).
+"""The one record vocabulary that flows between stages (docs/architecture.md §2).
 
 Records are plain dataclasses: Beam pickles them between workers, unit tests build them
 by hand, and `to_dict` gives the JSON-able form used for rejects and side files.

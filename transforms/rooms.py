@@ -23,7 +23,7 @@ import scipy.fft as sfft
 from scipy.signal import ShortTimeFFT
 from scipy.signal.windows import hann
 
-from .settings import ConfigError
+from ..settings import ConfigError
 
 SPEED_OF_SOUND_M_S = float(pra.constants.get("c"))
 FLAC_MAX_CHANNELS = 8  # the FLAC format's limit

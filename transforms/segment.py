@@ -1,6 +1,6 @@
 """The segment stage: every multi-way utterance gets one `Segmentation` per latency level.
 
-Two backends, one contract (DESIGN.md §4): source chunks rebuild the source text, every
+Two backends, one contract (docs/architecture.md §2): source chunks rebuild the source text, every
 target language has as many chunks as the source, one source chunking is shared by all the
 utterance's languages, and chunk counts never grow from the lowest to the highest latency.
 An utterance leaves with every configured level or as a `Reject` with its reason.
@@ -8,7 +8,7 @@ An utterance leaves with every configured level or as a `Reject` with its reason
 - `align` (the default; needs no key): eflomal word alignments learnt from the corpus, cut
   where no link crosses (segment_align.py). Corpus-level work happens inside the composite:
   sentence pairs are grouped per language, aligned once, and joined back by id.
-- `llm`: an OpenAI-compatible chat model, batched, cached and validated (segment_llm.py).
+- `llm`: an OpenAI-compatible chat model, batched, cached and validated (transforms/segment_llm/).
 
 Monotonicity is then measured on what was published (monotonicity.py): the pairs are
 word-aligned again (a fresh eflomal run per language, or simalign) and the crossing counts
@@ -29,12 +29,12 @@ from typing import Any, Literal
 
 import apache_beam as beam
 
+from ..settings import ConfigError, check_fraction, load_stage
 from . import segment_llm
 from .monotonicity import OFFLINE, crossing_stats, measurement_pairs, view_crossings
 from .records import Reject, StageError, Stat, Utterance
 from .segment_align import AlignSettings, align_corpus, read_parallel, segment_pair
 from .segment_llm import LlmSegmenter, LlmSettings, Outcome
-from .settings import ConfigError, load_stage
 from .stage import run_stage
 
 STAGE = "segment"
@@ -69,8 +69,7 @@ class SegmentSettings:
     max_reject_fraction: float  # of the stage's input, for SYSTEMIC_REASONS, before the run fails
 
     def validate(self, where: str) -> None:
-        if not 0 <= self.max_reject_fraction <= 1:
-            raise ConfigError(f"{where}.max_reject_fraction: must be within 0..1, got {self.max_reject_fraction}")
+        check_fraction(f"{where}.max_reject_fraction", self.max_reject_fraction)
         if not self.levels or len(set(self.levels)) != len(self.levels):
             raise ConfigError(f"{where}.levels: need at least one level and no repeats, got {self.levels}")
         missing = [level for level in self.levels if level not in self.align.levels]

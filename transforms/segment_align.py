@@ -27,8 +27,8 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..settings import ConfigError
 from .records import Segmentation, StageError
-from .settings import ConfigError
 
 Link = tuple[int, int]
 

@@ -22,6 +22,7 @@ import apache_beam as beam
 import numpy as np
 import soundfile as sf
 
+from ..settings import ConfigError, load_stage
 from . import rooms, sot
 from .audio import clip_file
 from .pairing import (
@@ -33,7 +34,6 @@ from .pairing import (
     plan_conversations,
 )
 from .records import Conversation, Reject, Stat, Utterance
-from .settings import ConfigError, load_stage
 from .stage import run_stage
 
 STAGE = "simulate/render"  # counts planned conversations; PAIRING_STAGE counts utterances

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..settings import ConfigError
 from .records import Utterance
-from .settings import ConfigError
 
 if TYPE_CHECKING:
     from pyannote.core import Annotation

@@ -1,4 +1,4 @@
-"""The `conversations` config (DESIGN.md §5): one row per simulated conversation.
+"""The `conversations` config (docs/architecture.md §3): one row per simulated conversation.
 
 `audio` is the C-channel FLAC, which `datasets` decodes to (channels, samples); per-language
 columns are structs with one field per requested language, so the schema is the same in every

@@ -1,4 +1,4 @@
-"""The `simulst` config (DESIGN.md §5): one row per aligned utterance, its audio stored once with
+"""The `simulst` config (docs/architecture.md §3): one row per aligned utterance, its audio stored once with
 every latency level:
 
   latency.<level>    source_chunks, target_chunks.<lang>, chunk_end_s (clip-relative

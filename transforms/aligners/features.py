@@ -34,7 +34,7 @@ class FeatureSettings:
     delta_window: int  # frames each side in the delta regression
 
     def validate(self, where: str) -> None:
-        from ..settings import ConfigError
+        from ...settings import ConfigError
 
         if not 0 < self.frame_shift_ms <= self.window_ms:
             raise ConfigError(f"{where}.frame_shift_ms: must be above 0 and at most window_ms")

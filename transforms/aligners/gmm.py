@@ -60,7 +60,7 @@ class GmmSettings:
     batch_size: int  # clips per align call (one espeak round trip each)
 
     def validate(self, where: str) -> None:
-        from ..settings import ConfigError
+        from ...settings import ConfigError
 
         if self.states_per_phone < 1 or self.passes < 1 or self.max_gaussians < 1 or self.em_steps < 1:
             raise ConfigError(f"{where}: states_per_phone, passes, max_gaussians and em_steps must be >= 1")

@@ -39,7 +39,7 @@ class MfaSettings:
     extra_args: list[str]
 
     def validate(self, where: str) -> None:
-        from ..settings import ConfigError
+        from ...settings import ConfigError
 
         if self.batch_size < 1 or self.num_jobs < 1:
             raise ConfigError(f"{where}: batch_size and num_jobs must be at least 1")

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ...settings import ConfigError
 from ..records import Utterance
-from ..settings import ConfigError
 from .answers import InvalidAnswer, validate_all
 from .cache import AnswerCache
 from .client import make_openai_client

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ...settings import ConfigError
 from ..records import StageError
-from ..settings import ConfigError
 from .keys import guard_logs, redact
 from .prompt import request_body
 from .settings import LlmSettings

@@ -12,7 +12,7 @@ import os
 import re
 from typing import Any
 
-from ..settings import ConfigError
+from ...settings import ConfigError
 from .settings import LlmSettings
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
+from ...settings import ConfigError
 from ..records import Utterance
-from ..settings import ConfigError
 from .settings import LlmSettings
 
 

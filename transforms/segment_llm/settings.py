@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..settings import ConfigError
+from ...settings import ConfigError
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""Typed, validated settings for stages, built from the YAML in configs/.
+"""Typed, validated settings, built from the YAML in configs/, for curation, training and evaluation.
 
-Defaults live only in configs/*.yaml; the dataclasses here declare shape and type, so a
-typo or a wrong type in a user's config fails before any work starts, naming the key.
+Defaults live only in configs/*.yaml; the dataclasses of each part declare shape and type, so a
+typo or a wrong type in a user's config fails before any work starts, naming the key. `override`
+is the one reader of `--set KEY=VALUE`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import dataclasses
 import types
 import typing
 from typing import Any, TypeVar
+
+import yaml
 
 T = TypeVar("T")
 
@@ -95,11 +98,45 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def override(data: dict, item: str) -> dict:
+    """`data` with `--set a.b.c=VALUE` laid onto it (`data` is not changed). VALUE is read as YAML
+    (empty: null); a mapping merges key by key into the mapping it lands on; a number after a list
+    picks an item (`stages.0.steps=5`)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item}: not valid YAML: {' '.join(str(e).split())}") from None
+    return _put(data, key.strip().split("."), value, item)
+
+
+def _put(node: Any, path: list[str], value: Any, item: str) -> Any:
+    head, rest = path[0], path[1:]
+    if isinstance(node, list):
+        if not head.isdigit() or int(head) >= len(node):
+            raise ConfigError(f"--set {item}: {head!r} is not an item of a list of {len(node)}")
+        out: Any = list(node)
+        index: Any = int(head)
+    else:
+        out, index = dict(node) if isinstance(node, dict) else {}, head
+    old = out[index] if isinstance(out, list) or index in out else None
+    if rest:
+        out[index] = _put(old if isinstance(old, dict | list) else {}, rest, value, item)
+    else:
+        out[index] = deep_merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    return out
+
+
+def check_fraction(where: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{where}: must be within 0..1, got {value}")
+
+
 def stage_defaults(name: str) -> dict:
     """configs/stages/<name>.yaml, where every default of stage `name` lives."""
     from importlib import resources
-
-    import yaml
 
     return yaml.safe_load(resources.files("simulforge.configs").joinpath("stages", f"{name}.yaml").read_text())
 
