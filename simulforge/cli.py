@@ -127,7 +127,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--langs", help="target languages, comma-separated (e.g. de,es)")
     c.add_argument("--input", help="folder holding mustc/, covost/, fleurs/ (default: the demo corpora)")
     c.add_argument("--output", help="dataset folder to publish into")
-    c.add_argument("--corpora", help="comma-separated subset of mustc,covost,fleurs")
+    c.add_argument("--corpora", help="comma-separated subset of the corpora configs/curate.yaml names (default: all)")
     c.add_argument("--work-dir", dest="work_dir", help="extracted archives and caches")
     c.add_argument("--overwrite", action="store_true",
                    help="replace the simulforge build already in --output (other folders are never overwritten)")
