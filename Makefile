@@ -19,7 +19,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SF := $(VENV)/bin/simulforge
 APT_PACKAGES := espeak-ng libespeak-ng1 ffmpeg
-STAMP := $(VENV)/.installed
+# TORCH=cpu: the pinned torch's CPU build, from PyTorch's CPU index. TORCH=cuda: the same version from
+# the default index (PyPI), whose Linux wheel is the CUDA build (with its nvidia-* wheels). The default
+# is the build set up last (cpu on a fresh checkout), so `make test` after a CUDA setup keeps CUDA.
+TORCH ?= $(if $(wildcard $(VENV)/.installed-cuda),cuda,cpu)
+ifeq ($(filter $(TORCH),cpu cuda),)
+$(error TORCH=$(TORCH): give cpu (the default) or cuda)
+endif
+TORCH_PIN := $(shell grep -m1 -E '^torch==' requirements.lock)
+# Only torch comes from the CPU index (one lookup there); its dependencies are pinned in requirements.lock.
+TORCH_INDEX_cpu := --no-deps --index-url https://download.pytorch.org/whl/cpu
+TORCH_INDEX_cuda :=
+STAMP := $(VENV)/.installed$(if $(filter cuda,$(TORCH)),-cuda)
+OTHER_STAMP := $(VENV)/.installed$(if $(filter cuda,$(TORCH)),,-cuda)
 
 INPUT ?=
 OUTPUT ?= out
@@ -39,7 +51,7 @@ PUBLISH_FLAGS = --repo-id $(REPO) $(if $(REVISION),--revision $(REVISION)) $(if 
 help:
 	@echo "make curate LANG=de,es [INPUT=dir] [OUTPUT=dir] [CORPORA=mustc,covost,fleurs] [RUNNER=profile] [BEAM_ARGS='...']"
 	@echo "make publish REPO=ORG/NAME [OUTPUT=dir] [REVISION=branch] [PRIVATE=1] [DRY_RUN=1]"
-	@echo "make test | make lint | make bench | make demo-data DIR=dir | make clean"
+	@echo "make setup [TORCH=cpu|cuda] | make test | make lint | make bench | make demo-data DIR=dir | make clean"
 
 system:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -49,8 +61,13 @@ system:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# A switch of TORCH uninstalls the other build first: it has the same version, so pip would keep it.
 $(STAMP): requirements.lock pyproject.toml | system
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	rm -f $(OTHER_STAMP)
+	if $(PY) -c 'import sys, torch; sys.exit((torch.version.cuda is None) == ("$(TORCH)" == "cpu"))' 2>/dev/null; \
+	then $(PY) -m pip uninstall -q -y torch; fi
+	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_INDEX_$(TORCH)) $(TORCH_PIN)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps simuleval==1.1.4

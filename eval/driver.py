@@ -5,6 +5,9 @@ transducer state) from step to step, and writes when its policy (policies.py) sa
     clip (C, n) --segments of segment_ms--> log-mel frames, each computed once, as soon as its
     25 ms window has arrived --> complete encoder blocks --> agent.read --> agent.write --> tokens
 
+An encoder that takes the waveform (`input_kind` "wave") gets 10 ms frames of raw samples instead
+of log-mel frames (training.data.wave_frames), each complete once its 10 ms have arrived.
+
 Nothing is re-encoded: the encoder's `forward_block` runs once per block, in order. The family's
 registry entry says which policies it runs, what its outputs are (target languages, and the
 source transcript for a family that transcribes) and whether one agent decodes every target
@@ -29,7 +32,7 @@ import torch
 from torch import Tensor
 
 from simulforge.models import registry
-from simulforge.training.data import FRAME_HOP_S, log_mel
+from simulforge.training.data import FRAME_HOP_S, input_kind, log_mel, wave_frames
 
 from .agent import Agent, DecodeOptions
 from .policies import Offline, Policy
@@ -83,23 +86,32 @@ class _Recorder:
 class _Frames:
     """Log-mel frames of a clip computed as its samples arrive, each exactly once, equal to
     `log_mel` over the whole clip: frame t covers samples [t * hop, t * hop + window).
+    With `kind` "wave" a frame is its hop of samples (the window is the hop), equal to `wave_frames`.
     They are computed on the CPU (as in training) and handed over on `device`."""
 
-    def __init__(self, wave: Tensor, rate: int, n_mels: int, device: torch.device | None = None):
-        self.wave, self.rate, self.n_mels, self.device = wave.cpu(), rate, n_mels, device
-        self.window, self.hop = round(WINDOW_S * rate), round(FRAME_HOP_S * rate)
+    def __init__(self, wave: Tensor, rate: int, n_mels: int, device: torch.device | None = None,
+                 kind: str = "logmel"):
+        self.wave, self.rate, self.n_mels, self.device, self.kind = wave.cpu(), rate, n_mels, device, kind
+        self.hop = round(FRAME_HOP_S * rate)
+        self.window = self.hop if kind == "wave" else round(WINDOW_S * rate)
         self.computed = 0
 
     def complete(self, samples: int, finished: bool) -> int:
-        """Frames whose window lies in the first `samples` samples; a whole clip has at least one."""
+        """Frames whose window lies in the first `samples` samples; a whole clip has at least one
+        (and, for wave frames, its zero-padded last partial frame)."""
         n = 0 if samples < self.window else 1 + (samples - self.window) // self.hop
+        if finished and self.kind == "wave":
+            n = -(-samples // self.hop)
         return max(n, 1) if finished else n
 
     def take(self, stop: int) -> Tensor:
         """Frames [computed, stop) as (1, frames, C * n_mels)."""
         piece = self.wave[:, self.computed * self.hop:(stop - 1) * self.hop + self.window]
-        self.computed = stop
-        feats = log_mel(piece, self.rate, self.n_mels)  # (C, T, F); pads a clip shorter than a window
+        self.computed, frames = stop, stop - self.computed
+        if self.kind == "wave":  # the last frame of a clip is zero-padded, as in training
+            feats = wave_frames(piece, self.rate)[:, :frames]
+        else:
+            feats = log_mel(piece, self.rate, self.n_mels)  # (C, T, F); pads a clip shorter than a window
         return feats.transpose(0, 1).reshape(1, feats.shape[1], -1).to(self.device)
 
 
@@ -145,6 +157,7 @@ class Decoder:
         self.family.check_decoding(self.languages, self.options)
         self.rate, self.n_mels, self.segment_ms = sampling_rate, n_mels, segment_ms
         self.device = next(model.parameters()).device
+        self.kind = input_kind(model)  # what the encoder takes: log-mel or wave frames
 
     @property
     def targets(self) -> list[str]:
@@ -160,7 +173,7 @@ class Decoder:
         for group in groups:
             rec = _Recorder(self.family.targets(group), _Clock(self.device))
             with torch.inference_mode(), self.family.agent(self.model, group, policy, self.options) as agent:
-                frames = _Frames(wave, self.rate, self.n_mels, self.device)
+                frames = _Frames(wave, self.rate, self.n_mels, self.device, self.kind)
                 if isinstance(policy, Offline):
                     rec.delay = 1000 * wave.shape[-1] / self.rate
                     agent.offline(frames.take(frames.complete(wave.shape[-1], finished=True)), rec.emit)

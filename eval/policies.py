@@ -7,6 +7,7 @@ policies a family runs is in its registry entry (models/registry.py), its defaul
 | policy | writes when | latency knob |
 |---|---|---|
 | `waitk` | token u once k + u blocks are read (Ma et al. 2019); a chunk writer (EASiST's fixed-policy ablation): a chunk, until <|end-of-write|>, every k blocks | `k` (blocks) |
+| `waitk`, one k per language | each language's token u once its own k + u blocks are read, in one joint decoding (asynchronously trained models) | `--k de=3,es=5` |
 | `policy-head` | the policy head's p(write) after a block exceeds tau (EASiST) | `tau` |
 | `edatt` | the candidate token's cross-attention on the last `frames` encoder frames sums below alpha (Papi et al. 2023a) | `alpha` |
 | `alignatt` | the candidate token's most attended frame is not among the last `f` frames (Papi et al. 2023b) | `f` (encoder frames) |
@@ -20,6 +21,8 @@ at the candidate token (`CrossAttention`), and apply to encoder-decoder agents o
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -42,6 +45,29 @@ class WaitK:
     def ready(self, blocks: int, written: int, finished: bool) -> bool:
         """May the `written`-th output (0-based) be written after `blocks` blocks?"""
         return finished or blocks >= self.k + written
+
+
+@dataclass(frozen=True)
+class WaitKPerLanguage(Mapping):
+    """Wait-k with each target language at its own k, decoded jointly: a {lang: WaitK} mapping, which a
+    joint agent (models/waitk.py) reads per language."""
+
+    name: ClassVar[str] = "waitk"
+    param: ClassVar[str | None] = "k"
+    ks: tuple[tuple[str, int], ...]  # (lang, k) pairs: hashable, in the evaluated languages' order
+
+    @property
+    def k(self) -> dict[str, int]:
+        return dict(self.ks)
+
+    def __getitem__(self, lang: str) -> WaitK:
+        return WaitK(self.k[lang])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.k)
+
+    def __len__(self) -> int:
+        return len(self.ks)
 
 
 @dataclass(frozen=True)
@@ -89,7 +115,7 @@ class Offline:
     param: ClassVar[str | None] = None
 
 
-Policy = WaitK | PolicyHead | EDAtt | AlignAtt | Transducer | Offline
+Policy = WaitK | WaitKPerLanguage | PolicyHead | EDAtt | AlignAtt | Transducer | Offline
 POLICIES: dict[str, type] = {p.name: p for p in (WaitK, PolicyHead, EDAtt, AlignAtt, Transducer, Offline)}
 # Without --sweep: k=3 is what the tiny configs train with; EDAtt's alpha=0.4 and AlignAtt's f=4 sit in
 # the middle of the papers' sweeps; EASiST's tau is the run's own `policy_threshold`.
@@ -97,9 +123,11 @@ DEFAULTS = {"waitk": 3, "edatt": 0.4, "alignatt": 4}
 
 
 def label(policy: Policy) -> str:
-    """A setting's name, also its folder: "waitk_k=3", "policy-head_tau=0.5", "offline"."""
+    """A setting's name, also its folder: "waitk_k=3", "waitk_de=3,es=5", "policy-head_tau=0.5", "offline"."""
     if policy.param is None:
         return policy.name
+    if isinstance(policy, WaitKPerLanguage):
+        return f"{policy.name}_" + ",".join(f"{lang}={k}" for lang, k in policy.ks)
     return f"{policy.name}_{policy.param}={getattr(policy, policy.param):g}"
 
 
@@ -148,6 +176,51 @@ def parse(family: str, policy: str | None, sweep: str | None, model_cfg) -> list
     if not numbers:
         raise PolicyError(f"--sweep {sweep}: no values")
     return list(dict.fromkeys(_make(name, v) for v in numbers))
+
+
+_LANG = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def parse_per_language(spec: str) -> dict[str, int]:
+    """`--k de=3,es=5` -> {"de": 3, "es": 5}: each language's k, a whole number of blocks >= 1."""
+    ks: dict[str, int] = {}
+    for item in spec.split(","):
+        lang, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not _LANG.fullmatch(lang):
+            raise PolicyError(f"--k {spec}: expected LANG=K pairs separated by commas (e.g. de=3,es=5), "
+                              f"got {item.strip()!r}")
+        if not re.fullmatch(r"[0-9]+", value) or int(value) < 1:
+            raise PolicyError(f"--k {spec}: {lang}'s k must be a whole number of blocks >= 1, got {value!r}")
+        if lang in ks:
+            raise PolicyError(f"--k {spec}: {lang} is given more than once")
+        ks[lang] = int(value)
+    return ks
+
+
+def per_language(family: str, policy: str | None, ks: dict[str, int], languages: list[str],
+                 own: list[str]) -> WaitKPerLanguage:
+    """The wait-k setting with each evaluated language at its own k, checked against the family (it must
+    run wait-k and decode its languages jointly) and the languages: those of the run (`own`), evaluated
+    (`languages`), each given exactly one k."""
+    entry = registry.get(family)
+    if (policy or "waitk") != "waitk":
+        raise PolicyError(f"--k: a k per language is the waitk policy's, not {policy}'s")
+    if "waitk" not in entry.policies:
+        raise PolicyError(f"--k: the {family} family runs {', '.join(entry.policies)}, not waitk")
+    if not entry.joint:
+        raise PolicyError(f"--k: the {family} family decodes each language alone; evaluate one language at a "
+                          f"time (--lang L --k K)")
+    unknown = [lang for lang in ks if lang not in own]
+    if unknown:
+        raise PolicyError(f"--k: the run does not translate into {', '.join(unknown)}; it has {', '.join(own)}")
+    extra = [lang for lang in ks if lang not in languages]
+    if extra:
+        raise PolicyError(f"--k: {', '.join(extra)} is not evaluated (--lang {','.join(languages)})")
+    missing = [lang for lang in languages if lang not in ks]
+    if missing:
+        raise PolicyError(f"--k: no k for {', '.join(missing)}; give every evaluated language its k "
+                          f"({', '.join(languages)}), or choose the languages with --lang")
+    return WaitKPerLanguage(tuple((lang, ks[lang]) for lang in languages))
 
 
 class CrossAttention:

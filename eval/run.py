@@ -9,6 +9,11 @@ outputs and speaker tags) comes from the family's registry entry (models/registr
 The features are computed at the run's sampling rate (the published audio's rate it trained at),
 to which `datasets` resamples the evaluated audio; a run that read no audio decodes at the
 evaluated data's own rate.
+
+Decoding runs on `device`, by default "auto": the GPU when torch sees one, since the
+computation-aware latencies (LAAL_CA, ms/token) time the decoding itself; `scores.json` records it.
+`k` ({lang: k}) decodes every language jointly with each at its own wait-k (policies.WaitKPerLanguage);
+its setting in scores.json holds `k: {lang: k}` in place of one param and value.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from simulforge.models import registry
 from simulforge.models.family import Family
 from simulforge.training import data as D
 from simulforge.training.recipes import load_run
-from simulforge.training.tokenizer import lang_tag
+from simulforge.training.tokenizer import prompt_ids
 
 from . import policies as P
 from . import report
@@ -33,15 +38,17 @@ from .quality import _SPEAKER_TAG
 
 def evaluate_run(run_dir: str, data: str, *, split: str = "test", config: str | None = None,
                  languages: list[str] | None = None, policy: str | None = None, sweep: str | None = None,
-                 segment_ms: float = 40.0, limit: int | None = None, out: str | None = None, prompt: str = "{tag}",
-                 max_len: int = 200, device: str = "cpu", echo=print) -> dict[str, Any]:
+                 segment_ms: float = 40.0, limit: int | None = None, out: str | None = None, prompt: str | None = None,
+                 max_len: int = 200, device: str = "auto", k: dict[str, int] | None = None,
+                 echo=print) -> dict[str, Any]:
     """Decode `split` under each setting of the policy and offline; write the logs, scores.json and plots."""
     import datasets
 
+    device = resolve_device(device)
     model, tok, info = load_run(run_dir, device)
     family = registry.get(info["family"])
     config = config or family.eval_config
-    settings = P.parse(family.name, policy, sweep, model.cfg)
+    settings = P.parse(family.name, policy, sweep, model.cfg) if k is None else []  # k: once languages are known
     if policy != "offline":
         settings.append(P.Offline())
     cache_dir = info["data"].get("cache_dir") or str(Path(run_dir) / "cache")
@@ -51,6 +58,9 @@ def evaluate_run(run_dir: str, data: str, *, split: str = "test", config: str | 
                                                                                           "source_text")
     D.check_columns(ds, ["audio", "id", column] + ([transcript] if family.transcribes else []), "--data")
     languages = _languages(family, model, tok, languages, _dataset_languages(ds, column))
+    if k is not None:
+        own = family.languages(model, tok, _dataset_languages(ds, column), languages)
+        settings.insert(0, P.per_language(family.name, policy, k, languages, own))
     rate, n_mels = info["data"]["sampling_rate"] or D.audio_rate(ds), info["data"]["n_mels"]
     mono = family.channels(model.cfg) == 1
     ds = ds.cast_column("audio", datasets.Audio(sampling_rate=rate, num_channels=1 if mono else None))
@@ -62,7 +72,9 @@ def evaluate_run(run_dir: str, data: str, *, split: str = "test", config: str | 
     if family.speaker_tokens:
         tag_ids = {i for i in map(tok.piece_id, found | set(family.speaker_tokens)) if i is not None}
 
-    prompts = {lang: tok.encode(prompt.format(tag=lang_tag(lang), lang=lang)) for lang in languages}
+    prompt = prompt if prompt is not None else info.get("prompt")  # the run's own unless overridden
+    chat = bool(info.get("chat_template"))
+    prompts = {lang: prompt_ids(tok, prompt, lang, chat) for lang in languages} if prompt is not None else {}
     decoder = Decoder(model, family.name, languages, prompts=prompts, sampling_rate=rate, n_mels=n_mels,
                       segment_ms=segment_ms, max_len=max_len)
 
@@ -85,13 +97,32 @@ def evaluate_run(run_dir: str, data: str, *, split: str = "test", config: str | 
             write_instances(path, instances)
             targets[target] = report.score_log(path, transcript=target == TRANSCRIPT, speakers=bool(found)) | {
                 "log": str(path.relative_to(out_dir))}
-        value = getattr(setting, setting.param) if setting.param else None
-        results.append({"name": name, "policy": setting.name, "param": setting.param, "value": value,
-                        "compute": compute[name], "targets": targets})
+        if isinstance(setting, P.WaitKPerLanguage):  # no one value to plot against: each target has its k
+            knob = {"param": None, "value": None, "k": setting.k}
+        else:
+            knob = {"param": setting.param, "value": getattr(setting, setting.param) if setting.param else None}
+        results.append({"name": name, "policy": setting.name, **knob, "compute": compute[name], "targets": targets})
         echo(_line(name, results[-1]))
     header = {"run": str(run_dir), "family": family.name, "data": data, "config": config, "split": split,
-              "sampling_rate": rate, "segment_ms": segment_ms, "languages": languages, "utterances": len(ds)}
+              "sampling_rate": rate, "segment_ms": segment_ms, "languages": languages, "utterances": len(ds),
+              "device": device}
     return report.write(out_dir, header, results)
+
+
+def resolve_device(name: str) -> str:
+    """`--device`: "auto" is cuda when torch sees a GPU, else cpu; a device torch cannot use is refused."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a torch device (auto, cpu, cuda, cuda:N)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: torch {torch.__version__} sees no GPU (`make setup TORCH=cuda` "
+                         f"installs the CUDA build)")
+    return name
 
 
 def _dataset_languages(ds, column: str) -> list[str]:

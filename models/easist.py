@@ -354,7 +354,8 @@ class EasistFamily(Family):
 
     def check_decoding(self, languages, options) -> None:
         if set(languages) - set(options.prompts):
-            raise ValueError(f"EASiST needs a prompt for every language, got {sorted(options.prompts)}")
+            raise ValueError(f"EASiST needs a prompt for every language, got {sorted(options.prompts)} "
+                             "(evaluate feeds the template run.yaml records; a run without one needs --prompt)")
 
     def agent(self, model: Easist, languages, policy, options) -> EasistAgent:
         return EasistAgent(model, languages, policy, options)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from simulforge.training.config import ConfigError
 from simulforge.training.data import get
 from simulforge.training.simulst import check_simulst_features, chunks, offline_reference
 from simulforge.training.simulst import texts as simulst_texts
 from simulforge.training.tasks import Task, batch_features
-from simulforge.training.tokenizer import lang_tag
+from simulforge.training.tokenizer import lang_tag, prompt_ids, target_chunks
 
 END_OF_READ, END_OF_WRITE = "<|end-of-read|>", "<|end-of-write|>"
 
@@ -53,6 +54,7 @@ class Layout:
 class EasistOptions:
     languages: list[str] = field(default_factory=lambda: ["de"])
     prompt: str = "{tag}"  # formatted with tag (<2de>) and lang; not predicted
+    chat_template: bool = False  # the prompt as a user turn of the LM tokenizer's chat template (Instruct LMs)
     weights: dict[str, float] = field(default_factory=dict)  # per loss term (ce/<task>, policy); default 1
     levels: list[str] | None = None  # simulmt / sft: latency levels to use (None: all)
     translation: str = "translation"  # offline ST reference column {lang: text}
@@ -69,8 +71,24 @@ class _EasistTask(Task):
         return [END_OF_READ, END_OF_WRITE] + [lang_tag(lang) for lang in self.langs]
 
     def prompt(self, lang: str):
-        ids = self.encode(self.opts.prompt.format(tag=lang_tag(lang), lang=lang))
+        # With the LM tokenizer's BOS (and chat format), as decoding feeds it (run.yaml records both).
+        ids = prompt_ids(self.tok, self.opts.prompt, lang, self.opts.chat_template)
         return Text(ids, [False] * len(ids), [-100] * len(ids))
+
+    def interleaved(self, text: str) -> list[int]:
+        """A published read/write string "c1<|end-of-read|>t1<|end-of-write|> c2..." as ids, each target
+        chunk encoded on its own with its separating space (tokenizer.target_chunks): the ids decoding
+        writes, and their decoded stream is the joined target chunks."""
+        parts = text.split(END_OF_WRITE)
+        if parts[-1].strip() or any(END_OF_READ not in p for p in parts[:-1]):
+            raise ConfigError(f"simulmt text is not in the read/write format "
+                              f"(source{END_OF_READ}target{END_OF_WRITE} ...): {text[:80]!r}")
+        pairs = [p.split(END_OF_READ, 1) for p in parts[:-1]]
+        ids = []
+        for (source, _), target in zip(pairs, target_chunks([t for _, t in pairs]), strict=True):
+            ids += self.encode(source) + [self.special(END_OF_READ)]
+            ids += self.encode(target) + [self.special(END_OF_WRITE)]
+        return ids
 
     def write_segment(self, target: list[int], policy: bool):
         """<|end-of-read|> target <|end-of-write|>: the target and <|end-of-write|> are predicted;
@@ -116,7 +134,7 @@ class EasistSimulMtTask(_EasistTask):
         for row, lang in zip(rows, variants, strict=True):
             text = row["text"].get(lang)
             if text:
-                ids = self.encode(text)
+                ids = self.interleaved(text)
                 layouts.append(Layout("simulmt", [self.prompt(lang), Text(ids, [True] * len(ids), [-100] * len(ids))]))
             offline = row["offline"].get(lang)
             if offline and (first_level is None or row["latency"] == first_level) and END_OF_READ in offline:
@@ -179,13 +197,13 @@ class EasistSftTask(_EasistTask):
             levels = chunks(row, lang, self.opts.levels, self.model_cfg.encoder.block_frames, self.rate)
             for level in levels.values():
                 pieces, read = [self.prompt(lang)], 0
-                for chunk in level:
+                for chunk, target in zip(level, target_chunks([c.target for c in level]), strict=True):
                     stop, labels = min(chunk.stop_block, total), chunk.labels[: max(0, total - read)]
                     if stop > read:
                         labels[-1] = 1  # a chunk cut short by the features' end is still written after it
                         pieces.append(Speech(read, stop, labels))
                         read = stop
-                    pieces.append(self.write_segment(self.encode(chunk.target), policy=True))
+                    pieces.append(self.write_segment(self.encode(target), policy=True))
                 layouts.append(Layout("simulst", pieces, utterance=i))
             reference = offline_reference(row, lang, self.opts.translation, levels)
             if reference:

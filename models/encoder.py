@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from .blocks import KV, CausalConvSubsampling, EncoderLayer, block_causal_mask, lengths_to_mask, sinusoids
 
+KINDS = ("own", "hf")
+
 
 @dataclass
 class EncoderConfig:
@@ -29,8 +31,26 @@ class EncoderConfig:
     left_blocks: int | None = None  # earlier blocks visible to attention; None = all (unbounded cache)
     dropout: float = 0.1
     adapter_dim: int = 0  # bottleneck adapter in every layer (0: none)
+    # The backbone: `own` (this module) or `hf`, a pretrained `transformers` model in the local folder
+    # `path` (models/hf_encoder.py; its width replaces d_model). `streaming`: block_causal | full.
+    kind: str = "own"
+    path: str | None = None
+    streaming: str = "block_causal"
+    block_ms: int | None = None  # the block in ms (10 ms frames); when set it decides block_frames
+
+    def __post_init__(self) -> None:
+        if self.block_ms is not None and self.block_ms > 0 and self.block_ms % 10 == 0:
+            self.block_frames = self.block_ms // 10
 
     def validate(self, where: str = "encoder") -> None:
+        if self.block_ms is not None and (self.block_ms <= 0 or self.block_ms % 10):
+            raise ValueError(f"{where}.block_ms must be a positive multiple of 10, got {self.block_ms}")
+        if self.kind not in KINDS:
+            raise ValueError(f"{where}.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.kind == "hf":
+            if not self.path:
+                raise ValueError(f"{where}.path: the hf encoder needs a local model folder")
+            return
         if self.block_frames <= 0 or self.block_frames % CausalConvSubsampling.FACTOR:
             raise ValueError(f"{where}.block_frames must be a positive multiple of 4, got {self.block_frames}")
         if self.d_model % self.n_heads:
@@ -120,6 +140,8 @@ class BlockCausalTransformer(nn.Module):
 class StreamingEncoder(nn.Module):
     """Log-mel features -> block-causal encoder frames (4x fewer), offline or block by block."""
 
+    input_kind = "logmel"
+
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         cfg.validate()
@@ -132,6 +154,10 @@ class StreamingEncoder(nn.Module):
     @property
     def d_model(self) -> int:
         return self.cfg.d_model
+
+    def frames_after(self, blocks: int) -> int:
+        """Encoder frames complete once `blocks` whole blocks have been read."""
+        return blocks * self.cfg.block_len
 
     @staticmethod
     def output_lengths(lengths: Tensor) -> Tensor:
@@ -173,3 +199,14 @@ class StreamingEncoder(nn.Module):
             out, state = self.forward_block(feats[:, start:start + self.cfg.block_frames], state)
             outs.append(out)
         return torch.cat(outs, dim=1)
+
+
+def make_encoder(cfg: EncoderConfig) -> nn.Module:
+    """The backbone `cfg.kind` names; each has `d_model`, `input_kind`, `norm`, `forward`, `forward_block`,
+    `init_state` and `frames_after`."""
+    cfg.validate()
+    if cfg.kind == "hf":
+        from .hf_encoder import load
+
+        return load(cfg)
+    return StreamingEncoder(cfg)

@@ -17,8 +17,9 @@ decoding: one encoder pass shared by every decoder) under wait-k, EDAtt or Align
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +34,9 @@ from simulforge.training.tokenizer import lang_tag
 
 from .blocks import lengths_to_mask
 from .decoder import DecoderConfig, DecoderState, TransformerDecoder
-from .encoder import EncoderConfig, EncoderState, StreamingEncoder
+from .encoder import EncoderConfig, EncoderState, make_encoder
 from .family import Family
+from .hf_encoder import HFEncoderState
 
 MODES = ("single", "separate", "unified")
 
@@ -62,17 +64,21 @@ class WaitkConfig:
                 raise ValueError(f"model.lang_token_ids lacks a tag for {', '.join(missing)}")
 
 
-def waitk_mask(token_len: int, memory_lengths: Tensor, block_len: int, k: int | None) -> Tensor:
-    """(B, U, S) cross-attention mask: token u sees frames < min(length, (k + u) * block_len).
+def waitk_mask(token_len: int, memory_lengths: Tensor, block_len: int | Callable[[int], int],
+               k: int | None) -> Tensor:
+    """(B, U, S) cross-attention mask: token u sees the frames complete after k + u blocks (and valid).
 
-    k=None is offline: every valid frame. memory_lengths: (B,) valid encoder frames.
+    `block_len`: encoder frames per block, or the encoder's `frames_after(blocks)` (a pretrained encoder's
+    first block gives fewer frames than the others). k=None is offline: every valid frame.
+    memory_lengths: (B,) valid encoder frames.
     """
     S = int(memory_lengths.max())
     valid = lengths_to_mask(memory_lengths, S)[:, None, :]  # (B, 1, S)
     if k is None:
         return valid.expand(-1, token_len, -1)
     frames = torch.arange(S, device=memory_lengths.device)
-    visible = (torch.arange(token_len, device=memory_lengths.device)[:, None] + k) * block_len
+    after = block_len if callable(block_len) else (lambda blocks: blocks * block_len)
+    visible = torch.tensor([after(k + u) for u in range(token_len)], device=memory_lengths.device)[:, None]
     return valid & (frames[None, :] < visible)[None]
 
 
@@ -80,7 +86,7 @@ def waitk_mask(token_len: int, memory_lengths: Tensor, block_len: int, k: int | 
 class WaitkState:
     """Streaming state: the encoder's cache, the frames read so far, one decoder cache per language."""
 
-    encoder: EncoderState
+    encoder: EncoderState | HFEncoderState
     memory: Tensor  # (B, S, D) every encoder frame read so far
     decoders: dict[str, DecoderState]
 
@@ -90,7 +96,8 @@ class WaitkST(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.encoder = StreamingEncoder(cfg.encoder)
+        self.encoder = make_encoder(cfg.encoder)  # the project's own, or a pretrained one (encoder.kind: hf)
+        cfg.encoder.d_model = self.encoder.d_model  # a pretrained backbone's width
         names = cfg.languages if cfg.decoder_mode == "separate" else ["shared"]
         self.decoders = nn.ModuleDict({n: TransformerDecoder(cfg.decoder, cfg.encoder.d_model) for n in names})
 
@@ -113,7 +120,7 @@ class WaitkST(nn.Module):
         """Joint wait-k cross-entropy over every target language.
 
         Args:
-            feats: (B, T, n_mels) log-mel features; feat_lengths: (B,).
+            feats: (B, T, F) frames of what the encoder takes (its `input_kind`); feat_lengths: (B,).
             targets: {lang: (B, U) token ids padded with pad_id}; an all-pad row means the
                 utterance has no translation into that language (it is skipped).
             waitk: {lang: k} in encoder blocks (None: offline attention).
@@ -133,7 +140,7 @@ class WaitkST(nn.Module):
             labels = torch.cat([tgt, torch.full_like(start, self.cfg.pad_id)], dim=1)
             labels[torch.arange(len(labels)), lengths] = self.cfg.eos_id
             labels = labels.masked_fill(~lengths_to_mask(lengths + 1, labels.shape[1]), -100)
-            mask = waitk_mask(inputs.shape[1], memory_lengths[rows], self.cfg.encoder.block_len, waitk.get(lang))
+            mask = waitk_mask(inputs.shape[1], memory_lengths[rows], self.encoder.frames_after, waitk.get(lang))
             logits = self.decoder_for(lang)(inputs, memory[rows][:, : mask.shape[2]], mask)
             nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
             n = int((labels != -100).sum())
@@ -143,13 +150,13 @@ class WaitkST(nn.Module):
 
     # -- streaming inference ---------------------------------------------------------------
     def init_state(self, languages: list[str], batch: int = 1, device=None) -> WaitkState:
-        d = self.cfg.encoder.d_model
+        d = self.encoder.d_model
         return WaitkState(encoder=self.encoder.init_state(batch, device),
                           memory=torch.zeros(batch, 0, d, device=device),
                           decoders={lang: self.decoder_for(lang).init_state() for lang in languages})
 
     def read(self, block_feats: Tensor, state: WaitkState) -> WaitkState:
-        """Encode one block of features (B, <= block_frames, n_mels); the prefix is never re-encoded."""
+        """Encode one block of frames (B, <= block_frames, F); the prefix is never re-encoded."""
         out, enc = self.encoder.forward_block(block_feats, state.encoder)
         return WaitkState(enc, torch.cat([state.memory, out], dim=1), dict(state.decoders))
 
@@ -300,6 +307,12 @@ class WaitkAgent(Agent):
                 token = self._token(next_token)
 
 
+def check_encoder_path(cfg: EncoderConfig, where: str) -> None:
+    """A pretrained encoder's folder must exist here: it is never downloaded."""
+    if cfg.kind == "hf" and not (cfg.path and Path(cfg.path).is_dir()):
+        raise ConfigError(f"{where}.path: the local model folder {cfg.path} does not exist")
+
+
 # -- the registry entry ---------------------------------------------------------------------------
 class WaitkFamily(Family):
     name = "waitk"
@@ -315,6 +328,10 @@ class WaitkFamily(Family):
         cfg.pad_id, cfg.bos_id, cfg.eos_id = tok.pad_id, tok.bos_id, tok.eos_id
         if cfg.decoder_mode == "unified":
             cfg.lang_token_ids = {lang: tok.piece_id(lang_tag(lang)) for lang in cfg.languages}
+
+    def check_paths(self, cfg: WaitkConfig) -> None:
+        st = getattr(cfg, "st", cfg)  # SAMU wraps a wait-k model
+        check_encoder_path(st.encoder, "model.st.encoder" if st is not cfg else "model.encoder")
 
     def languages(self, model: WaitkST, tok, available, requested) -> list[str]:
         return list(model.cfg.languages)

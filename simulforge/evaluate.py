@@ -3,13 +3,18 @@
 Model mode:
 
     simulforge evaluate --run RUN --data DATASET [--split test] [--config offline] [--lang de,es]
-                        [--policy waitk] [--sweep k=1,3,5] [--segment-ms 40] [--limit N] [--out DIR]
+                        [--policy waitk] [--sweep k=1,3,5 | --k de=3,es=5] [--segment-ms 40] [--limit N]
+                        [--out DIR] [--device auto]
 
 decodes every utterance of the split simultaneously, under the policy at each swept setting,
 and offline, then writes per setting and target `<setting>/<target>/instances.log`
 (SimulEval-compatible), `scores.json` and the BLEU-LAAL / BLEU-LAAL_CA curves into `--out`
 (default `<run>/eval/<split>`). The policy defaults by family: waitk for wait-k and SAMU models,
-policy-head for EASiST, transducer for JSTAR (eval/policies.py lists them all). This module only
+policy-head for EASiST, transducer for JSTAR (eval/policies.py lists them all). `--k` is wait-k's
+k: one (`--k 3`, as `--sweep k=3`), a sweep (`--k 1,3,5`), or one per language (`--k de=3,es=5`:
+one joint decoding with each language at its own k, as asynchronously trained models are
+evaluated). `--device auto` (the default) decodes on the GPU when torch sees one, so that the
+computation-aware latencies are not timed on the CPU by accident. This module only
 reads the command line: the evaluation itself is eval/run.py (a run) and eval/data_quality.py (a dataset).
 
 Data mode:
@@ -20,7 +25,8 @@ measures the published chunks' monotonicity against the offline pairs, the word 
 error against a truth file, and CometKiwi with a local model (eval/data_quality.py).
 
 Bad input (a missing run, dataset config, split, column or language, a policy the family cannot
-run) stops with a message and exit code 2.
+run, a malformed `--k` or one naming a language the run lacks, `--device cuda` without a GPU) stops
+with a message and exit code 2.
 """
 
 from __future__ import annotations
@@ -47,13 +53,16 @@ def model_parser() -> argparse.ArgumentParser:
                                     "(default: the family's own)")
     p.add_argument("--sweep", help="latency settings of the policy, e.g. k=1,3,5 | tau=0.3,0.5,0.7 | "
                                    "alpha=0.6,0.4,0.2 | f=2,4,6")
+    p.add_argument("--k", help="wait-k's k (implies --policy waitk): one (3), a sweep (1,3,5), or one per target "
+                               "language, decoded jointly (de=3,es=5)")
     p.add_argument("--segment-ms", type=float, default=40.0, help="source segment size (default 40 ms)")
     p.add_argument("--limit", type=int, help="only the first N utterances")
     p.add_argument("--out", help="output folder (default <run>/eval/<split>)")
-    p.add_argument("--prompt", default="{tag}", help="EASiST prompt template, with {tag} (<2de>) and {lang} "
-                                                     "(default {tag}, as the EASiST configs train)")
+    p.add_argument("--prompt", help="EASiST prompt template, with {tag} (<2de>) and {lang} "
+                                    "(default: the one the run trained with, from its run.yaml)")
     p.add_argument("--max-len", type=int, default=200, help="at most this many tokens per output")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda when torch sees a GPU, else cpu; "
+                                                    "the default) | cpu | cuda | cuda:N")
     return p
 
 
@@ -75,6 +84,20 @@ def _split_langs(value: str | None) -> list[str] | None:
     return [v for v in re.split(r"[,\s]+", value) if v] if value else None
 
 
+def _k_option(k: str | None, policy: str | None, sweep: str | None) -> tuple[str | None, str | None, dict | None]:
+    """`--k` -> (policy, sweep, per-language k): "3" and "1,3,5" are `--sweep k=...`; "de=3,es=5" a k per language."""
+    if k is None:
+        return policy, sweep, None
+    if sweep is not None:
+        raise ValueError(f"--k {k} and --sweep {sweep}: give the latency setting once")
+    policy = policy or "waitk"
+    if "=" not in k:
+        return policy, f"k={k}", None
+    from simulforge.eval.policies import parse_per_language
+
+    return policy, None, parse_per_language(k)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # Bad input raises FileNotFoundError or a ValueError (ConfigError, PolicyError): a message, exit code 2.
@@ -93,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     from simulforge.eval.run import evaluate_run
 
     try:
+        policy, sweep, per_language = _k_option(args.k, args.policy, args.sweep)
         evaluate_run(args.run, args.data, split=args.split, config=args.config, languages=_split_langs(args.lang),
-                     policy=args.policy, sweep=args.sweep, segment_ms=args.segment_ms, limit=args.limit,
+                     policy=policy, sweep=sweep, k=per_language, segment_ms=args.segment_ms, limit=args.limit,
                      out=args.out, prompt=args.prompt, max_len=args.max_len, device=args.device)
     except (FileNotFoundError, ValueError) as e:
         print(f"simulforge evaluate: {e}", file=sys.stderr)

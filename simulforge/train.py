@@ -3,7 +3,9 @@
 Trains every stage of a model config on a published dataset (a local folder in the Hugging
 Face layout, or a hub id) and writes the run into `--out`: `log.jsonl`, `tokenizer.model`,
 `run.yaml`, one folder per stage (checkpoint.pt, model.pt, done.json) and the final `model.pt`.
-Running the same command again resumes where it stopped. Bad inputs (a missing dataset config
+Running the same command again resumes where it stopped. `train.device: auto` (the tiny configs'
+and the default) trains on the GPU when torch sees one, else on the CPU; the realistic configs ask
+for `cuda` and stop without one. `run.yaml` records the device used. Bad inputs (a missing dataset config
 or column, a tokenizer without the needed special tokens, a local weights path that does not
 exist) stop it with a message before training starts (exit code 2).
 """

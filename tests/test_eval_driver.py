@@ -354,3 +354,50 @@ def test_jstar_needs_its_language_and_a_run_must_exist(runs, published, tmp_path
     assert "JSTAR translates into one language: pass --lang" in capsys.readouterr().err
     assert main(["--run", str(tmp_path / "nothing"), "--data", published]) == 2
     assert "holds no finished run" in capsys.readouterr().err
+
+
+# -- a k per language: joint decoding of asynchronously trained models --------------------------------
+def _log(out, setting: str, lang: str) -> list[dict]:
+    return [json.loads(line) for line in (out / setting / lang / "instances.log").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", ["unified", "separate"])  # one decoder with language tags; one per language
+def test_evaluate_decodes_jointly_with_a_k_per_language(runs, tiny_runs, published, tmp_path, name):
+    tiny_runs(name)
+    run = tiny_runs.root / name
+    block_ms = load_run(run)[0].cfg.encoder.block_frames * 10
+    common = ["--run", str(run), "--data", published, "--split", "train", "--limit", "2"]
+    assert main([*common, "--k", "de=2,es=3", "--out", str(tmp_path / "joint")]) == 0
+    scores = json.loads((tmp_path / "joint" / "scores.json").read_text())
+    assert [s["name"] for s in scores["settings"]] == ["waitk_de=2,es=3", "offline"]
+    assert scores["settings"][0]["k"] == {"de": 2, "es": 3} and scores["languages"] == ["de", "es"]
+    for lang, k in (("de", 2), ("es", 3)):
+        joint = _log(tmp_path / "joint", "waitk_de=2,es=3", lang)
+        for instance in joint:  # the first word waits for k blocks (+ the last frame's 25 ms window), mid-clip
+            assert instance["prediction"].strip() and instance["source_length"] > k * block_ms + 15
+            assert instance["delays"][0] >= k * block_ms + 15
+        # The joint decoding equals decoding the language alone at its k (the single-k form of --k).
+        assert main([*common, "--lang", lang, "--k", str(k), "--out", str(tmp_path / lang)]) == 0
+        alone = _log(tmp_path / lang, f"waitk_k={k}", lang)
+        assert [(i["prediction"], i["delays"]) for i in joint] == [(i["prediction"], i["delays"]) for i in alone]
+    # es at k=3 is not es at de's k=2: the joint decoding did not give every language one k.
+    assert main([*common, "--lang", "es", "--k", "2", "--out", str(tmp_path / "es2")]) == 0
+    assert _log(tmp_path / "es2", "waitk_k=2", "es") != _log(tmp_path / "es", "waitk_k=3", "es")
+
+
+@pytest.mark.parametrize("run,args,message", [
+    ("unified", ["--k", "de=3,fr=4"], "--k: the run does not translate into fr; it has de, es"),
+    ("unified", ["--k", "de=3"], "--k: no k for es; give every evaluated language its k (de, es)"),
+    ("unified", ["--lang", "de", "--k", "de=3,es=5"], "--k: es is not evaluated (--lang de)"),
+    ("unified", ["--k", "de=3,es"], "--k de=3,es: expected LANG=K pairs separated by commas"),
+    ("unified", ["--k", "de=3,es=0"], "--k de=3,es=0: es's k must be a whole number of blocks >= 1, got '0'"),
+    ("unified", ["--k", "de=3,de=4"], "de is given more than once"),
+    ("unified", ["--k", "de=3,es=5", "--sweep", "k=1"], "--k de=3,es=5 and --sweep k=1: give the latency setting once"),
+    ("unified", ["--policy", "edatt", "--k", "de=3,es=5"], "a k per language is the waitk policy's, not edatt's"),
+    ("easist", ["--k", "de=3"], "--k: the easist family decodes each language alone"),
+])
+def test_bad_k_is_named(runs, published, tmp_path, capsys, run, args, message):
+    assert main(["--run", str(runs / run), "--data", published, "--split", "train", "--limit", "1",
+                 "--out", str(tmp_path / "eval"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()

@@ -47,7 +47,7 @@ class TokenizerConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto (cuda when torch sees a GPU, else cpu) | cpu | cuda; run.yaml records the one used
     precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
@@ -79,6 +79,7 @@ class StageConfig:
     epochs: float | None = None
     lr: float | None = None
     warmup_steps: int | None = None
+    warmup_ratio: float | None = None  # or warm-up as a fraction of the stage's steps (papers give ratios)
     accum_steps: int | None = None
     max_frames: int | None = None
     trainable: list[str] | None = None  # parameter-name globs; None: everything

@@ -8,7 +8,9 @@
 - `add_features` decodes the audio and computes 80-dim log-mel features with torch only
   (25 ms Hann window, 10 ms hop, HTK mel scale), all channels kept side by side as (T, C*80);
   `datasets` caches the result (keyed by the data's fingerprint and these parameters), so a
-  second run, or the next stage, decodes nothing.
+  second run, or the next stage, decodes nothing. A model whose encoder takes the waveform
+  (`input_kind` "wave", models/hf_encoder.py) gets 10 ms frames of raw samples, (T, C*hop), instead:
+  frames, `n_frames` and blocks then count the same 10 ms.
 - `BucketBatches` makes length-bucketed batches, deterministic per (seed, epoch).
 """
 
@@ -25,6 +27,12 @@ import torch
 from .config import ConfigError
 
 FRAME_HOP_S = 0.01
+INPUT_KINDS = ("logmel", "wave")  # what an encoder takes: log-mel frames, or raw samples in 10 ms frames
+
+
+def input_kind(model) -> str:
+    """What `model`'s encoder declares it takes (`input_kind`); log-mel when it declares nothing."""
+    return getattr(getattr(model, "encoder", None), "input_kind", "logmel")
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -110,6 +118,14 @@ def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int = 80) -> torch.Ten
     return (power @ mel_filterbank(n_fft, n_mels, sample_rate)).clamp_min(1e-10).log()
 
 
+def wave_frames(wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """(C, n) samples -> (C, T, hop) 10 ms frames of samples, T = ceil(n / hop), the last one zero-padded."""
+    hop = round(FRAME_HOP_S * sample_rate)
+    frames = max(1, -(-wave.shape[-1] // hop))
+    wave = torch.nn.functional.pad(wave.float(), (0, frames * hop - wave.shape[-1]))
+    return wave.reshape(wave.shape[0], frames, hop)
+
+
 def audio_rate(ds) -> int:
     """The sampling rate `datasets` decodes the audio at: the published `Audio` feature's (else the first file's)."""
     rate = getattr(ds.features.get("audio"), "sampling_rate", None)
@@ -124,30 +140,35 @@ def audio_channels(ds) -> int:
     return int(first.metadata.num_channels)
 
 
-def _features_of(row: dict, sample_rate: int, n_mels: int, channels: int) -> dict:
+def _features_of(row: dict, sample_rate: int, n_mels: int, channels: int, kind: str = "logmel") -> dict:
     samples = row["audio"].get_all_samples()
     if samples.sample_rate != sample_rate:
         raise ValueError(f"{row.get('id')}: decoded at {samples.sample_rate} Hz, expected {sample_rate}")
     if samples.data.shape[0] != channels:  # one feature width per dataset: a row with other microphones is named
         raise ConfigError(f"{row.get('id')}: the audio has {samples.data.shape[0]} channel(s), the first row "
                           f"{channels}")
-    feats = log_mel(samples.data, sample_rate, n_mels)  # (C, T, F)
+    feats = wave_frames(samples.data, sample_rate) if kind == "wave" else log_mel(samples.data, sample_rate, n_mels)
     return {"features": feats.transpose(0, 1).reshape(feats.shape[1], -1).numpy(), "n_frames": feats.shape[1]}
 
 
-def add_features(ds, sample_rate: int, n_mels: int, mono: bool, num_proc: int | None = None):
+def add_features(ds, sample_rate: int, n_mels: int, mono: bool, num_proc: int | None = None, kind: str = "logmel"):
     """The dataset with `features` (T, C*n_mels) float32 and `n_frames`, without `audio`; cached by datasets.
 
-    The audio is decoded at `sample_rate` (resampled by `datasets` when published at another rate)."""
+    The audio is decoded at `sample_rate` (resampled by `datasets` when published at another rate).
+    `kind` "wave" (an encoder that takes samples, `input_kind`): (T, C*hop) frames of samples."""
     import datasets
 
+    if kind not in INPUT_KINDS:
+        raise ConfigError(f"encoder input {kind!r}: expected one of {', '.join(INPUT_KINDS)}")
     channels = 1 if mono else audio_channels(ds)
     ds = ds.cast_column("audio", datasets.Audio(sampling_rate=sample_rate, num_channels=1 if mono else None))
     features = datasets.Features({k: v for k, v in ds.features.items() if k != "audio"})
-    features["features"] = datasets.Array2D(shape=(None, channels * n_mels), dtype="float32")
+    width = round(FRAME_HOP_S * sample_rate) if kind == "wave" else n_mels
+    features["features"] = datasets.Array2D(shape=(None, channels * width), dtype="float32")
     features["n_frames"] = datasets.Value("int32")
-    return ds.map(_features_of, fn_kwargs={"sample_rate": sample_rate, "n_mels": n_mels, "channels": channels},
-                  remove_columns=["audio"], features=features, num_proc=num_proc, desc=f"log-mel x{channels}")
+    return ds.map(_features_of, fn_kwargs={"sample_rate": sample_rate, "n_mels": n_mels, "channels": channels,
+                                           "kind": kind},
+                  remove_columns=["audio"], features=features, num_proc=num_proc, desc=f"{kind} x{channels}")
 
 
 def feature_stats(ds, max_rows: int = 500) -> tuple[torch.Tensor, torch.Tensor]:

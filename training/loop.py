@@ -1,5 +1,6 @@
-"""One plain training loop: AdamW, linear warmup then cosine decay, gradient accumulation and
-clipping, autocast on GPU, checkpoints that resume exactly, JSONL + stdout logs, a progress bar.
+"""One plain training loop: AdamW (on fp32 master copies of bf16/fp16 weights), linear warmup then
+cosine decay, gradient accumulation and clipping, autocast on GPU, checkpoints that resume exactly,
+JSONL + stdout logs, a progress bar.
 
 Exact resume: the checkpoint holds the model, the optimizer, the grad scaler, the step, the
 position in the batch order (epoch, batch index; the order is a pure function of the seed
@@ -103,6 +104,42 @@ def select_trainable(model: nn.Module, patterns: list[str] | None) -> list[nn.Pa
     return params
 
 
+class MasterWeights:
+    """fp32 master copies of the trainable bf16/fp16 parameters, which the optimizer steps.
+
+    AdamW's update (~lr per step) is far below a bf16 weight's spacing (2**-8 of its size): at lr 1e-5
+    most weights, and every norm weight (1.0, spacing 2**-7), would round back to themselves at every
+    step and never train. The model keeps its own dtype (a frozen 8B LM stays bf16 in every stage;
+    only the trainable tensors get a copy), each update accumulates in fp32 and is rounded into the
+    model after the step. fp32 parameters are their own master (no copy)."""
+
+    def __init__(self, params: list[nn.Parameter]):
+        self.model = params
+        self.master = [p if p.dtype == torch.float32 else p.detach().float().requires_grad_() for p in params]
+
+    def grads_to_master(self) -> None:
+        for p, m in zip(self.model, self.master, strict=True):
+            if m is not p:
+                m.grad = None if p.grad is None else p.grad.float()
+                p.grad = None
+
+    def master_to_model(self) -> None:
+        with torch.no_grad():
+            for p, m in zip(self.model, self.master, strict=True):
+                if m is not p:
+                    p.copy_(m)
+
+    def state_dict(self) -> list[torch.Tensor | None]:
+        return [None if m is p else m.detach().clone() for p, m in zip(self.model, self.master, strict=True)]
+
+    def load_state_dict(self, state: list[torch.Tensor | None] | None) -> None:
+        """The saved copies; None (a checkpoint from before master weights): the model's loaded weights."""
+        with torch.no_grad():
+            for p, m, saved in zip(self.model, self.master, state or [None] * len(self.master), strict=True):
+                if m is not p:
+                    m.copy_(p if saved is None else saved)
+
+
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
     decay = [p for p in params if p.ndim >= 2]
     rest = [p for p in params if p.ndim < 2]
@@ -172,7 +209,8 @@ def train_stage(model: nn.Module, plan: StagePlan, cfg: TrainConfig, stage_dir: 
         model.load_state_dict(torch.load(stage_dir / FINAL, map_location=device, weights_only=False), strict=True)
         return json.loads((stage_dir / DONE).read_text())
     params = select_trainable(model, plan.trainable)
-    opt = make_optimizer(params, cfg)
+    master = MasterWeights(params)
+    opt = make_optimizer(master.master, cfg)
     amp = autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
     step, epoch, index, first_loss = 0, 0, 0, None
@@ -181,6 +219,7 @@ def train_stage(model: nn.Module, plan: StagePlan, cfg: TrainConfig, stage_dir: 
         state = torch.load(ckpt, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        master.load_state_dict(state.get("master"))
         scaler.load_state_dict(state["scaler"])
         step, epoch, index, first_loss = state["step"], state["epoch"], state["index"], state["first_loss"]
         _set_rng_state(state["rng"])
@@ -205,11 +244,13 @@ def train_stage(model: nn.Module, plan: StagePlan, cfg: TrainConfig, stage_dir: 
             total += loss.item() / plan.accum_steps
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + v / plan.accum_steps
+        master.grads_to_master()
         scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(master.master, cfg.grad_clip)
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
+        master.master_to_model()
         step += 1
         first_loss = total if first_loss is None else first_loss
         if bar is not None:
@@ -223,8 +264,8 @@ def train_stage(model: nn.Module, plan: StagePlan, cfg: TrainConfig, stage_dir: 
             model.train()
         if step % cfg.ckpt_every == 0 or step == plan.steps or step == stop_after:
             save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                         "step": step, "epoch": batches.epoch, "index": batches.index, "first_loss": first_loss,
-                         "rng": _rng_state()}, ckpt)
+                         "master": master.state_dict(), "step": step, "epoch": batches.epoch, "index": batches.index,
+                         "first_loss": first_loss, "rng": _rng_state()}, ckpt)
         if stop_after is not None and step >= stop_after and step < plan.steps:
             if bar is not None:
                 bar.close()

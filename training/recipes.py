@@ -110,10 +110,11 @@ def _sampling_rate(cfg: RunConfig, tasks: list[Task]) -> int | None:
     return rates.pop() if rates else None
 
 
-def _materialize(ds, task: Task, cfg: RunConfig, stage: StageConfig):
-    """Features (audio tasks, cached by datasets), then the rows the task keeps."""
+def _materialize(ds, task: Task, cfg: RunConfig, stage: StageConfig, kind: str):
+    """Features of the `kind` the model's encoder takes (audio tasks, cached by datasets), then the
+    rows the task keeps."""
     if task.needs_audio:
-        ds = D.add_features(ds, cfg.data.sampling_rate, cfg.data.n_mels, task.mono, cfg.data.num_proc)
+        ds = D.add_features(ds, cfg.data.sampling_rate, cfg.data.n_mels, task.mono, cfg.data.num_proc, kind)
     elif "audio" in ds.column_names:
         ds = ds.remove_columns(["audio"])
     plain = ds.remove_columns([c for c in ("features",) if c in ds.column_names])
@@ -146,6 +147,10 @@ def _plan(prepared: PreparedStage, cfg: RunConfig, index: int) -> StagePlan:
     else:
         raise ConfigError(f"stages.{stage.name}: give steps or epochs")
     warmup = cfg.train.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
+    if stage.warmup_ratio is not None:
+        if stage.warmup_steps is not None:
+            raise ConfigError(f"stages.{stage.name}: give warmup_steps or warmup_ratio, not both")
+        warmup = max(1, round(stage.warmup_ratio * steps))
 
     def collate(ids: list[int], source=ds, examples=examples) -> Any:
         picked = [examples[i] for i in ids]
@@ -221,7 +226,9 @@ def run(cfg: RunConfig, data: str, out: str | Path, only_stage: str | None = Non
     seed_everything(cfg.train.seed)
     model = make_model(family, model_cfg).to(device)
 
-    prepared = [PreparedStage(s, t, _materialize(tr, t, cfg, s), _materialize(va, t, cfg, s) if va is not None else None)
+    kind = D.input_kind(model)
+    prepared = [PreparedStage(s, t, _materialize(tr, t, cfg, s, kind),
+                              _materialize(va, t, cfg, s, kind) if va is not None else None)
                 for s, t, (tr, va) in zip(cfg.stages, tasks, opened, strict=True)]
     audio = next((p.train for p in prepared if p.task.needs_audio), None)
     if audio is not None:
@@ -229,7 +236,9 @@ def run(cfg: RunConfig, data: str, out: str | Path, only_stage: str | None = Non
 
     (out / RUN_FILE).write_text(yaml.safe_dump({
         "family": cfg.family, "model": to_plain(model_cfg), "tokenizer": to_plain(cfg.tokenizer),
-        "data": to_plain(cfg.data), "stages": [s.name for s in cfg.stages]}, sort_keys=False))
+        "data": to_plain(cfg.data), "stages": [s.name for s in cfg.stages], **trained_prompt(tasks),
+        "device": str(device)},
+        sort_keys=False))
     log = JsonlLog(out / "log.jsonl", echo=echo)
     summaries = {}
     for index, p in enumerate(prepared):
@@ -252,6 +261,13 @@ def run(cfg: RunConfig, data: str, out: str | Path, only_stage: str | None = Non
     if last.is_file():
         shutil.copyfile(last, out / FINAL)
     return summaries
+
+
+def trained_prompt(tasks: list[Task]) -> dict[str, Any]:
+    """The prompt template, and whether the chat template wrapped it, that the last prompted stage trained
+    with: what evaluation feeds (both None for a family without prompts)."""
+    last = next((t.opts for t in reversed(tasks) if isinstance(getattr(t.opts, "prompt", None), str)), None)
+    return {"prompt": getattr(last, "prompt", None), "chat_template": getattr(last, "chat_template", None)}
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, Tokenizer, dict[str, Any]]:

@@ -1,6 +1,7 @@
 """Tokenizers: sentencepiece trained on the dataset's text (or a given one), or an LLM's own.
 
-Both kinds expose the same small interface (encode, decode, piece_id, vocab_size, pad/bos/eos).
+Both kinds expose the same small interface (encode, decode, piece_id, vocab_size, pad/bos/eos, and
+bos_prefix: the ids the tokenizer itself puts before a text, which a decoder-only LM's prompt starts with).
 Special tokens (language tags `<2de>`, `<|end-of-read|>`, `<|end-of-write|>`, `<SELF>`,
 `<OTHER>`) must each be one piece: a trained tokenizer gets them as user-defined symbols; a
 given one is checked and refused, before training, when it lacks any (an LLM tokenizer may add
@@ -30,6 +31,7 @@ class SentencePieceTokenizer:
         self.proto, self.source = model_proto, source
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = (self.sp.pad_id(), self.sp.bos_id(), self.sp.eos_id(),
                                                               self.sp.unk_id())
+        self.bos_prefix: list[int] = []  # sentencepiece adds no <s> unless asked to (encode(add_bos=True))
 
     @property
     def vocab_size(self) -> int:
@@ -65,6 +67,9 @@ class HFTokenizer:
         self.source = path
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         self.bos_id, self.eos_id, self.unk_id = self.tok.bos_token_id, self.tok.eos_token_id, self.tok.unk_token_id
+        # What the tokenizer itself puts before a text (Llama-3: <|begin_of_text|>; none without add_bos).
+        plain, full = self.encode("a"), self.tok.encode("a", add_special_tokens=True)
+        self.bos_prefix = full[: len(full) - len(plain)] if full[len(full) - len(plain):] == plain else []
 
     @property
     def vocab_size(self) -> int:
@@ -88,6 +93,32 @@ class HFTokenizer:
 
 
 Tokenizer = SentencePieceTokenizer | HFTokenizer
+
+
+def prompt_ids(tok: Tokenizer, template: str, lang: str, chat: bool = False) -> list[int]:
+    """A decoder-only LM's prompt for `lang`, as training and decoding both feed it: the template formatted
+    with tag (<2de>) and lang, with `chat` as the user turn of the LM tokenizer's chat template (an Instruct
+    LM's format; the assistant turn opened), after the tokenizer's own BOS prefix (once)."""
+    text = template.format(tag=lang_tag(lang), lang=lang)
+    if not chat:
+        return list(tok.bos_prefix) + tok.encode(text)
+    if not isinstance(tok, HFTokenizer) or not getattr(tok.tok, "chat_template", None):
+        raise ConfigError(f"chat_template: the tokenizer {tok.source} has no chat template")
+    ids = tok.encode(tok.tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                 tokenize=False))
+    return ids if ids[: len(tok.bos_prefix)] == tok.bos_prefix else list(tok.bos_prefix) + ids
+
+
+def target_chunks(chunks: list[str]) -> list[str]:
+    """Target chunks as they are encoded one by one: each non-empty chunk after the first carries the
+    space that separates it from the previous one, so the decoded stream of writes reads as the joined
+    chunks (a byte-level BPE encodes "Student" and " Student" differently; sentencepiece alike)."""
+    out, started = [], False
+    for chunk in chunks:
+        text = " ".join(chunk.split())
+        out.append((" " + text if started else text) if text else "")
+        started = started or bool(text)
+    return out
 
 
 def train_sentencepiece(texts: Iterable[str], specials: list[str], vocab_size: int, model_type: str,
