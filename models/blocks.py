@@ -198,3 +198,17 @@ class CausalConvSubsampling(nn.Module):
             new_cache.append(h[:, :, h.shape[2] - (self.KERNEL - 1):])
             h = F.gelu(conv(h))
         return self.proj(h.transpose(1, 2)), new_cache
+
+
+class BlockStream:
+    """`stream`: an encoder's input fed block by block through its `init_state` and `forward_block`, as
+    an online system feeds it; what its streaming tests compare with its offline forward."""
+
+    def stream(self, feats: Tensor) -> Tensor:
+        """(B, T, F) input frames -> (B, T', D) encoder frames."""
+        state, outs = self.init_state(feats.shape[0], feats.device, feats.dtype), []
+        for start in range(0, feats.shape[1], self.cfg.block_frames):
+            out, state = self.forward_block(feats[:, start:start + self.cfg.block_frames], state)
+            outs.append(out)
+        return torch.cat(outs, dim=1)
+

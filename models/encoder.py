@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .blocks import KV, CausalConvSubsampling, EncoderLayer, block_causal_mask, lengths_to_mask, sinusoids
+from .blocks import (
+    KV,
+    BlockStream,
+    CausalConvSubsampling,
+    EncoderLayer,
+    block_causal_mask,
+    lengths_to_mask,
+    sinusoids,
+)
 
 KINDS = ("own", "hf")
 
@@ -137,7 +145,7 @@ class BlockCausalTransformer(nn.Module):
         return kv[0][:, :, start:], kv[1][:, :, start:]
 
 
-class StreamingEncoder(nn.Module):
+class StreamingEncoder(BlockStream, nn.Module):
     """Log-mel features -> block-causal encoder frames (4x fewer), offline or block by block."""
 
     input_kind = "logmel"
@@ -192,13 +200,6 @@ class StreamingEncoder(nn.Module):
         x, transformer = self.transformer.forward_block(x, state.transformer)
         return x, EncoderState(conv=conv, transformer=transformer)
 
-    def stream(self, feats: Tensor) -> Tensor:
-        """Encode (B, T, n_mels) block by block (what an online system does); returns (B, T', D)."""
-        state, outs = self.init_state(feats.shape[0], feats.device, feats.dtype), []
-        for start in range(0, feats.shape[1], self.cfg.block_frames):
-            out, state = self.forward_block(feats[:, start:start + self.cfg.block_frames], state)
-            outs.append(out)
-        return torch.cat(outs, dim=1)
 
 
 def make_encoder(cfg: EncoderConfig) -> nn.Module:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import KV, lengths_to_mask
+from .blocks import KV, BlockStream, lengths_to_mask
 
 WAVE_RATE = 16000  # the pretrained models' sampling rate
 FRAME_SAMPLES = 160  # one 10 ms input frame
@@ -67,7 +67,7 @@ class WaveNorm(nn.Module):
         return (x - self.mean) / self.std
 
 
-class HFSpeechEncoder(nn.Module):
+class HFSpeechEncoder(BlockStream, nn.Module):
     """Wave frames (B, T, 160) -> (B, T', D) at the model's frame rate (20 ms), offline or block by block."""
 
     input_kind = "wave"
@@ -233,13 +233,6 @@ class HFSpeechEncoder(nn.Module):
         pos = torch.cat([state.pos, xp], dim=1)[:, -self.pos_pad:] if self.pos_pad else state.pos
         return out, HFEncoderState(tails, stats, pos, kv, state.frames + out.shape[1])
 
-    def stream(self, feats: Tensor) -> Tensor:
-        """Encode (B, T, 160) block by block, as an online system does; returns (B, T', D)."""
-        state, outs = self.init_state(feats.shape[0], feats.device, feats.dtype), []
-        for start in range(0, feats.shape[1], self.cfg.block_frames):
-            out, state = self.forward_block(feats[:, start:start + self.cfg.block_frames], state)
-            outs.append(out)
-        return torch.cat(outs, dim=1)
 
 
 def _normalises(path: str) -> bool:
