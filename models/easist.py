@@ -1,6 +1,7 @@
 """The EASiST family (papers/003): a fully unidirectional LLM-based SimulST model.
 
-    features -> StreamingEncoder (block-causal, KV cache) -> BlockConvAdapter (per block: two
+    features -> block-causal encoder (KV cache; the project's own or a pretrained `transformers` one,
+    `encoder.kind`) -> BlockConvAdapter (per encoder block: two
     stride-2 convs, then a linear map into the LM's width) -> decoder-only LM (lm.py) over an
     interleaved sequence  [prompt, speech_1, <|end-of-read|>, y_1, <|end-of-write|>, speech_2, ...]
     -> next-token logits, and a policy head (Linear(D_lm, 2)) on the last hidden state: read/write.
@@ -43,9 +44,11 @@ from .easist_tasks import (
     Layout,
     Text,
 )
-from .encoder import EncoderConfig, EncoderState, FeatureNorm, StreamingEncoder
+from .encoder import EncoderConfig, EncoderState, FeatureNorm, make_encoder
 from .family import Family
+from .hf_encoder import HFEncoderState
 from .lm import LMConfig, build_lm, new_cache
+from .waitk import check_encoder_path
 
 
 @dataclass
@@ -70,11 +73,14 @@ class EasistConfig:
 class BlockConvAdapter(nn.Module):
     """Per encoder block: two Conv1d (kernel 5, stride 2, zero padding inside the block) and a
     linear map to the LM width. A block of L frames gives ceil(ceil(L/2)/2) LM positions and never
-    looks at another block, so streaming and offline agree."""
+    looks at another block, so streaming and offline agree.
 
-    def __init__(self, d_in: int, d_hidden: int, d_out: int, block_len: int, kernel: int = 5):
+    Blocks are cut where the encoder's are: `frames_after(b)`, the encoder frames complete after b
+    input blocks (a pretrained encoder's first block gives fewer frames than the others)."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, frames_after: Callable[[int], int], kernel: int = 5):
         super().__init__()
-        self.block_len, pad = block_len, kernel // 2
+        self.frames_after, pad = frames_after, kernel // 2
         self.conv1 = nn.Conv1d(d_in, d_hidden, kernel, stride=2, padding=pad)
         self.conv2 = nn.Conv1d(d_hidden, d_hidden, kernel, stride=2, padding=pad)
         self.proj = nn.Linear(d_hidden, d_out)
@@ -92,16 +98,27 @@ class BlockConvAdapter(nn.Module):
         h = F.gelu(self.conv2(h))
         return self.proj(h.transpose(1, 2))
 
-    def forward(self, enc: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """enc: (B, S, D), lengths: (B,) -> per-block outputs (B, n_blocks, P, D_out), valid counts (B, n_blocks)."""
+    def bounds(self, frames: int, n_blocks: int | None = None) -> list[int]:
+        """Encoder frame where each block starts, and where the last one ends: `n_blocks` blocks, or
+        as many as cover `frames`."""
+        out = [self.frames_after(0)]
+        while (len(out) <= n_blocks) if n_blocks is not None else (out[-1] < frames):
+            out.append(self.frames_after(len(out)))
+        return out
+
+    def forward(self, enc: Tensor, lengths: Tensor, n_blocks: int | None = None) -> tuple[Tensor, Tensor]:
+        """enc: (B, S, D), lengths: (B,) -> per-block outputs (B, n_blocks, P, D_out), valid counts (B, n_blocks).
+
+        `n_blocks`: the input blocks read (default: as many as cover S frames)."""
         B, S, D = enc.shape
-        L = self.block_len
-        n_blocks = -(-S // L)
-        enc = F.pad(enc, (0, 0, 0, n_blocks * L - S)).view(B * n_blocks, L, D)
-        starts = torch.arange(n_blocks, device=enc.device) * L
-        valid = (lengths[:, None] - starts[None, :]).clamp(0, L)  # (B, n_blocks)
-        out = self._convs(enc, valid.flatten())
-        return out.view(B, n_blocks, *out.shape[1:]), self.out_len(valid)
+        bounds = torch.tensor(self.bounds(S, n_blocks), device=enc.device)
+        starts, ends = bounds[:-1], bounds[1:]
+        L = max(1, int((ends - starts).max()))
+        index = (starts[:, None] + torch.arange(L, device=enc.device)[None]).clamp(max=S)  # S: a zero row
+        blocks = F.pad(enc, (0, 0, 0, 1))[:, index].view(B * len(starts), L, D)
+        valid = (torch.minimum(lengths[:, None], ends[None, :]) - starts[None, :]).clamp(min=0)  # (B, n_blocks)
+        out = self._convs(blocks, valid.flatten())
+        return out.view(B, len(starts), *out.shape[1:]), self.out_len(valid)
 
     def forward_block(self, block: Tensor) -> Tensor:
         """One block (B, <= L, D) -> (B, out_len, D_out)."""
@@ -111,7 +128,7 @@ class BlockConvAdapter(nn.Module):
 
 @dataclass
 class EasistState:
-    encoder: EncoderState
+    encoder: EncoderState | HFEncoderState
     lm_cache: Any  # the LM's KV cache (a transformers Cache), None before the first token
     hidden: Tensor | None  # (1, D_lm) last hidden state
     positions: int = 0  # LM positions so far
@@ -122,10 +139,11 @@ class Easist(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.encoder = StreamingEncoder(cfg.encoder)
+        self.encoder = make_encoder(cfg.encoder)  # the project's own, or a pretrained one (encoder.kind: hf)
+        cfg.encoder.d_model = self.encoder.d_model  # a pretrained backbone's width
         self.lm = build_lm(cfg.lm, cfg.vocab_size)
         d_lm = self.lm.get_input_embeddings().embedding_dim
-        self.adapter = BlockConvAdapter(cfg.encoder.d_model, cfg.adapter_dim, d_lm, cfg.encoder.block_len,
+        self.adapter = BlockConvAdapter(cfg.encoder.d_model, cfg.adapter_dim, d_lm, self.encoder.frames_after,
                                         cfg.adapter_kernel)
         self.policy = nn.Linear(d_lm, 2)
 
@@ -156,14 +174,16 @@ class Easist(nn.Module):
 
         Args:
             layouts: one per sequence of the batch.
-            feats: (N, T, n_mels) features of the utterances the layouts' Speech segments read.
+            feats: (N, T, F) frames of what the encoder takes (its `input_kind`) of the utterances the
+                layouts' Speech segments read.
         Returns:
             ({"ce/<task>": mean CE, "policy": mean policy CE (if labelled)}, metrics).
         """
         blocks = counts = None
         if feats is not None:
             enc, enc_lengths = self.encoder(feats, feat_lengths)
-            blocks, counts = self.adapter(enc, enc_lengths)  # (N, n_blocks, P, D), (N, n_blocks)
+            n_blocks = -(-feats.shape[1] // self.cfg.encoder.block_frames)  # the blocks the tasks count
+            blocks, counts = self.adapter(enc, enc_lengths, n_blocks)  # (N, n_blocks, P, D), (N, n_blocks)
             blocks = blocks.to(self._embed_tokens(torch.zeros(1, dtype=torch.long, device=feats.device)).dtype)
         pieces, targets, policy, tasks = [], [], [], []
         for layout in layouts:
@@ -210,6 +230,8 @@ class Easist(nn.Module):
                 continue
             for b, label in zip(range(seg.start, seg.stop), seg.policy, strict=True):
                 n = int(counts[layout.utterance, b])
+                if n == 0:  # a last block too short for an encoder frame: streaming feeds nothing either
+                    continue
                 embs.append(blocks[layout.utterance, b, :n])
                 token += [-100] * n
                 predict += [False] * n
@@ -235,8 +257,11 @@ class Easist(nn.Module):
         return state
 
     def read(self, block_feats: Tensor, state: EasistState) -> tuple[float, EasistState]:
-        """Encode one block (1, <= block_frames, n_mels), feed it to the LM -> (p(write), state)."""
+        """Encode one block (1, <= block_frames, F), feed it to the LM -> (p(write), state)."""
         enc, enc_state = self.encoder.forward_block(block_feats, state.encoder)
+        if enc.shape[1] == 0:  # no encoder frame completed (a short last block): nothing new for the LM
+            state = EasistState(enc_state, state.lm_cache, state.hidden, state.positions)
+            return (0.0 if state.hidden is None else self._policy(state.hidden).softmax(-1)[0, 1].item()), state
         speech = self.adapter.forward_block(enc).to(self._embed_tokens(torch.zeros(1, dtype=torch.long,
                                                                                    device=enc.device)).dtype)
         state = self._feed(speech, EasistState(enc_state, state.lm_cache, state.hidden, state.positions))
@@ -266,11 +291,11 @@ class Easist(nn.Module):
         return out, state
 
     def read_all(self, feats: Tensor, state: EasistState) -> EasistState:
-        """Offline reading: encode a whole utterance (1, T, n_mels) at once and feed every block's adapter
+        """Offline reading: encode a whole utterance (1, T, F) at once and feed every block's adapter
         frames to the LM in one call. The same numbers as `read` block by block, in fewer calls; the
         returned state cannot read further blocks."""
         enc, lengths = self.encoder(feats, torch.tensor([feats.shape[1]], device=feats.device))
-        blocks, counts = self.adapter(enc, lengths)
+        blocks, counts = self.adapter(enc, lengths, -(-feats.shape[1] // self.cfg.encoder.block_frames))
         speech = torch.cat([blocks[0, b, :n] for b, n in enumerate(counts[0].tolist())])[None]
         return self._feed(speech.to(self._embed_tokens(torch.zeros(1, dtype=torch.long, device=feats.device)).dtype),
                           state)
@@ -345,6 +370,7 @@ class EasistFamily(Family):
         cfg.eor_id, cfg.eow_id = tok.piece_id(END_OF_READ), tok.piece_id(END_OF_WRITE)
 
     def check_paths(self, cfg: EasistConfig) -> None:
+        check_encoder_path(cfg.encoder, "model.encoder")
         if cfg.lm.path and not Path(cfg.lm.path).is_dir():
             raise ConfigError(f"model.lm.path: local LM folder {cfg.lm.path} does not exist")
 

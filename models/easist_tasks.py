@@ -104,8 +104,8 @@ class _EasistTask(Task):
         return total, metrics
 
     def blocks(self, n_frames: int) -> int:
-        enc = math.ceil(n_frames / 4)
-        return max(1, math.ceil(enc / self.model_cfg.encoder.block_len))
+        """Input blocks of an utterance of `n_frames` 10 ms frames, whatever the encoder's frame rate."""
+        return max(1, math.ceil(n_frames / self.model_cfg.encoder.block_frames))
 
     def examples(self, n_rows):
         return [(i, lang) for i in range(n_rows) for lang in self.langs]

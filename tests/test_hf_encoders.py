@@ -5,7 +5,8 @@ folder, then loaded from it the way a config's `encoder: {kind: hf, path: ...}` 
 (a) in `full` mode the wrapped encoder gives the `transformers` model's output; (b) in `block_causal`
 mode streaming block by block gives the offline block-causal output, and no frame reads audio of a
 later block; (c) every family that takes the backbone trains a few steps on it, and the evaluator's
-driver feeds it raw samples.
+driver feeds it raw samples; (d) EASiST's adapter cuts the backbone's frames at its block boundaries,
+so its streamed LM input is the teacher-forced one.
 """
 
 from __future__ import annotations
@@ -157,6 +158,10 @@ def test_bad_settings_are_refused(backbone_dirs, tmp_path):
         registry.get("waitk").check_paths(missing)
     with pytest.raises(ConfigError, match="model.st.encoder.path: the local model folder .*missing does not exist"):
         registry.get("samu").check_paths(SamuConfig(st=missing))
+    from simulforge.models.easist import EasistConfig
+
+    with pytest.raises(ConfigError, match="model.encoder.path: the local model folder .*missing does not exist"):
+        registry.get("easist").check_paths(EasistConfig(encoder=missing.encoder))
 
 
 def _waitk_config(path: str, mode: str, langs: list[str]) -> WaitkConfig:
@@ -171,7 +176,8 @@ def _targets(langs: list[str]) -> dict[str, torch.Tensor]:
     return {lang: torch.randint(5, 40, (2, 6), generator=g) for lang in langs}
 
 
-def _train(model: torch.nn.Module, loss_fn, steps: int = 4) -> list[float]:
+def _train(model: torch.nn.Module, loss_fn, steps: int = 4, backbone: bool = True) -> list[float]:
+    """`steps` Adam steps -> the losses; with `backbone`, the pretrained encoder's weights must change."""
     hf_before = {k: v.clone() for k, v in model.state_dict().items() if ".hf.encoder.layers.0." in k or ".hf.layers.0." in k}
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
@@ -182,7 +188,7 @@ def _train(model: torch.nn.Module, loss_fn, steps: int = 4) -> list[float]:
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert hf_before and any(not torch.equal(v, model.state_dict()[k]) for k, v in hf_before.items())
+    assert hf_before and any(not torch.equal(v, model.state_dict()[k]) for k, v in hf_before.items()) == backbone
     return losses
 
 
@@ -290,3 +296,96 @@ def test_train_and_evaluate_run_a_wave_backbone_from_a_config(backbone_dirs, pub
     assert evaluate(["--run", str(tmp_path / "run"), "--data", str(published), "--split", "train", "--limit", "1",
                      "--out", str(tmp_path / "eval")]) == 0
     assert any((tmp_path / "eval").rglob("scores.json"))
+
+
+# -- EASiST -----------------------------------------------------------------------------------------
+SOURCE, TARGET = ["When I", "was a student", "I took the train."], ["Als ich", "Student war,", "nahm ich den Zug."]
+
+
+@pytest.fixture(scope="module")
+def easist_tok():
+    from simulforge.models.easist_tasks import END_OF_READ, END_OF_WRITE
+    from simulforge.training.tokenizer import train_sentencepiece
+
+    corpus = [" ".join(SOURCE), " ".join(TARGET), "Ich fahre mit dem Zug.", "Der Student war in der Stadt."] * 20
+    return train_sentencepiece(corpus, [END_OF_READ, END_OF_WRITE, "<2de>"], 80, "unigram", 1000)
+
+
+def _easist(path: str, tok, block_ms: int = 80):
+    """EASiST on a pretrained backbone and the tiny Llama its tests build."""
+    from simulforge.models.easist import Easist, EasistConfig
+    from simulforge.models.lm import LMConfig
+
+    lm = LMConfig(config=dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512))
+    cfg = EasistConfig(encoder=EncoderConfig(kind="hf", path=path, block_ms=block_ms), lm=lm, adapter_dim=32)
+    registry.get("easist").finalize(cfg, tok)
+    torch.manual_seed(0)
+    return Easist(cfg)
+
+
+def _easist_task(cls, model, tok):
+    task = cls({"languages": ["de"]}, model.cfg, "stages.x.options")
+    task.tok, task.rate = tok, 16000
+    return task
+
+
+def test_easist_trains_its_stages_on_the_backbone(backbone_dirs, easist_tok):
+    """Stage I (text only: the backbone untouched) and stage III (SimulST with policy labels and offline ST
+    on wave frames: the backbone trains) lower their losses; the tasks count the backbone's blocks."""
+    from simulforge.models.easist_tasks import EasistSftTask, EasistSimulMtTask, Speech
+    from simulforge.pipeline.dataset_configs.simulmt import interleave, offline_text
+
+    model = _easist(backbone_dirs["hubert-base"], easist_tok, block_ms=60)  # 6 frames: not a multiple of 4
+    assert model.cfg.encoder.d_model == 32 and input_kind(model) == "wave"
+    mt = _easist_task(EasistSimulMtTask, model, easist_tok)
+    rows = [{"latency": "low", "text": {"de": interleave(SOURCE, TARGET)},
+             "offline": {"de": offline_text(" ".join(SOURCE), " ".join(TARGET))}}]
+    batch = mt.collate(rows, ["de"])
+    losses = _train(model, lambda: mt.loss(model, batch)[0], backbone=False)
+    assert losses[-1] < losses[0]
+
+    feats, lengths = _wave(1830, 1000)  # 1.83 s: 31 blocks of 60 ms, the last one 30 ms
+    sft = _easist_task(EasistSftTask, model, easist_tok)
+    rows = [{"features": feats[i, :n], "duration": n / 100, "translation": {"de": " ".join(TARGET)},
+             "latency": {"low": {"target_chunks": {"de": TARGET}, "chunk_end_s": [0.4, 0.7, n / 100]}}}
+            for i, n in enumerate(lengths.tolist())]
+    batch = sft.collate(rows, ["de", "de"])
+    speech = [[seg for seg in layout.segments if isinstance(seg, Speech)] for layout in batch["layouts"]]
+    assert [layout.task for layout in batch["layouts"]] == ["simulst", "st"] * 2
+    assert [s[-1].stop for s in speech] == [31, 31, 17, 17]  # ceil(n / 6) blocks of each clip
+    losses = _train(model, lambda: sft.loss(model, batch)[0])
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+def test_easist_streams_the_backbone_as_teacher_forcing_and_offline_decoding(backbone_dirs, easist_tok):
+    """The adapter cuts the frames where the backbone's blocks end (3 frames in the first block, 4 after):
+    p(write) read block by block off the LM's cache is the teacher-forced one, and the evaluator's driver,
+    writing only at the end, writes what offline decoding writes."""
+    from simulforge.eval.policies import PolicyHead
+    from simulforge.models.easist_tasks import Layout, Speech, Text
+
+    model = _easist(backbone_dirs["wav2vec2-base"], easist_tok).eval()
+    feats, lengths = _wave(1030)  # 13 blocks, the last one 70 ms
+    with torch.no_grad():
+        enc, enc_lengths = model.encoder(feats, lengths)
+        blocks, counts = model.adapter(enc, enc_lengths, 13)
+        assert enc_lengths.tolist() == [51] and counts.tolist() == [[1] * 13]
+        prompt = [easist_tok.piece_id("<2de>")]
+        state, p_stream = model.start(prompt), []
+        for i in range(13):
+            p, state = model.read(feats[:, i * 8:(i + 1) * 8], state)
+            p_stream.append(p)
+        layout = Layout("simulst", [Text(prompt, [False], [-100]), Speech(0, 13, [0] * 13)], utterance=0)
+        emb, _, policy = model._assemble(layout, blocks, counts)
+        hidden, _ = model._hidden(emb[None])
+        p_forced = model._policy(hidden[0, policy != -100]).softmax(-1)[:, 1]
+        torch.testing.assert_close(torch.tensor(p_stream), p_forced, atol=1e-4, rtol=1e-4)
+        offline_state = model.read_all(feats, model.start(prompt))
+        torch.testing.assert_close(offline_state.hidden, state.hidden, atol=1e-4, rtol=1e-4)
+
+    decoder = Decoder(model, "easist", ["de"], sampling_rate=16000, max_len=6, prompts={"de": prompt})
+    clip = feats.reshape(1, -1)[:, : int(lengths[0]) * FRAME_SAMPLES]
+    offline = decoder.decode(clip, Offline()).streams["de"].tokens
+    assert offline and decoder.decode(clip, WaitK(k=50)).streams["de"].tokens == offline
+    assert decoder.decode(clip, PolicyHead(0.0)).streams["de"].tokens  # writes as it reads
