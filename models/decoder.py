@@ -19,6 +19,8 @@ from torch import Tensor, nn
 
 from .blocks import KV, DecoderLayer, causal_mask, sinusoids
 
+KINDS = ("own", "mbart")
+
 
 @dataclass
 class DecoderConfig:
@@ -29,11 +31,15 @@ class DecoderConfig:
     d_ff: int = 1024
     dropout: float = 0.1
     tie_embeddings: bool = True
-    adapter_dim: int = 0
+    adapter_dim: int = 0  # > 0: a bottleneck adapter after each layer
+    kind: str = "own"  # own, or mbart: a local MBartForConditionalGeneration's decoder layers (hf_decoder.py)
+    path: str | None = None  # mbart: the local model folder (its shape replaces d_model..d_ff)
 
     def validate(self, where: str = "decoder") -> None:
         if not self.vocab_size:
             raise ValueError(f"{where}.vocab_size is not set (the tokenizer sets it)")
+        if self.kind not in KINDS:
+            raise ValueError(f"{where}.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"{where}.d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
 
@@ -125,3 +131,13 @@ class TransformerDecoder(nn.Module):
         if cached is None:
             return k, v
         return torch.cat([cached[0], k], dim=2), torch.cat([cached[1], v], dim=2)
+
+
+def make_decoder(cfg: DecoderConfig, memory_dim: int | None = None) -> TransformerDecoder:
+    """The decoder `cfg.kind` names: the own one, or a local mBART's (same calls, same state)."""
+    cfg.validate()
+    if cfg.kind == "mbart":
+        from .hf_decoder import MBartDecoder
+
+        return MBartDecoder(cfg, memory_dim)
+    return TransformerDecoder(cfg, memory_dim)

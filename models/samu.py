@@ -8,8 +8,8 @@ transcript (the published `embedding` column, L2-normalised): loss = 1 - cos.
 
 Stage 2 (task `st`, `forward`): an encoder-decoder ST model (a wait-k model, see waitk.py) whose
 encoder is the distilled one; bottleneck adapters in the encoder (and decoder) layers let the recipe
-freeze the distilled weights and train only adapters and decoder. Decoding is the wait-k family's,
-on `st`.
+freeze the distilled weights and train only adapters and decoder. The decoder may be a local mBART's
+(`decoder.kind: mbart`, hf_decoder.py), as in the paper. Decoding is the wait-k family's, on `st`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .waitk import WaitkConfig, WaitkFamily, WaitkST, WaitkStTask
 @dataclass
 class SamuConfig:
     st: WaitkConfig = field(default_factory=WaitkConfig)  # set encoder.adapter_dim / decoder.adapter_dim
-    embedding_dim: int = 384  # the published `embedding` width
+    embedding_dim: int | None = None  # the teacher's width; None: the `distill` stage reads the published column's
 
 
 class AttentionPooling(nn.Module):
@@ -50,6 +50,9 @@ class Samu(nn.Module):
     def __init__(self, cfg: SamuConfig):
         super().__init__()
         self.cfg = cfg
+        if not cfg.embedding_dim:
+            raise ValueError("model.embedding_dim is null and no `distill` stage took it from the data's `embedding` "
+                             "column; set it to the teacher's width")
         self.st = WaitkST(cfg.st)
         d = cfg.st.encoder.d_model
         self.pool = AttentionPooling(d)
@@ -89,17 +92,29 @@ class DistillOptions:
 class DistillTask(Task):
     options_cls = DistillOptions
 
+    def __init__(self, options, model_cfg, where):
+        super().__init__(options, model_cfg, where)
+        self.dim_from = None  # the data model.embedding_dim was taken from, when the config left it null
+
     def columns(self):
         return ["audio", self.opts.column]
 
     def keep(self, row):
         return row.get(self.opts.column) is not None
 
-    def check_features(self, features) -> None:
-        width = getattr(features[self.opts.column], "length", None)
-        if width not in (None, -1) and width != self.model_cfg.embedding_dim:
-            raise ConfigError(f"{self.where}: column {self.opts.column} holds {width}-dim vectors but "
-                              f"model.embedding_dim is {self.model_cfg.embedding_dim}")
+    def fit_to_data(self, ds, source: str) -> None:
+        """model.embedding_dim left null takes the published vectors' width; a width given must be theirs."""
+        super().fit_to_data(ds, source)
+        width = getattr(ds.features[self.opts.column], "length", None)
+        if width in (None, -1):
+            raise ConfigError(f"{self.where}: column {self.opts.column} of {source} is not a fixed-length vector "
+                              f"({ds.features[self.opts.column]}); the teacher's width cannot be read from it")
+        if self.model_cfg.embedding_dim is None:
+            self.model_cfg.embedding_dim, self.dim_from = width, f"taken from the {source}"
+        elif self.model_cfg.embedding_dim != width:
+            given = self.dim_from or "leave it null to take the dataset's"
+            raise ConfigError(f"{self.where}: column {self.opts.column} of {source} holds {width}-dim vectors but "
+                              f"model.embedding_dim is {self.model_cfg.embedding_dim} ({given})")
 
     def collate(self, rows, variants):
         feats, lengths = batch_features(rows)

@@ -33,7 +33,7 @@ from simulforge.training.tasks import Task, batch_features, check_languages
 from simulforge.training.tokenizer import lang_tag
 
 from .blocks import lengths_to_mask
-from .decoder import DecoderConfig, DecoderState, TransformerDecoder
+from .decoder import DecoderConfig, DecoderState, TransformerDecoder, make_decoder
 from .encoder import EncoderConfig, EncoderState, make_encoder
 from .family import Family
 from .hf_encoder import HFEncoderState
@@ -99,7 +99,7 @@ class WaitkST(nn.Module):
         self.encoder = make_encoder(cfg.encoder)  # the project's own, or a pretrained one (encoder.kind: hf)
         cfg.encoder.d_model = self.encoder.d_model  # a pretrained backbone's width
         names = cfg.languages if cfg.decoder_mode == "separate" else ["shared"]
-        self.decoders = nn.ModuleDict({n: TransformerDecoder(cfg.decoder, cfg.encoder.d_model) for n in names})
+        self.decoders = nn.ModuleDict({n: make_decoder(cfg.decoder, cfg.encoder.d_model) for n in names})  # kind: own|mbart
 
     # -- parts -----------------------------------------------------------------------------
     @property
@@ -313,6 +313,12 @@ def check_encoder_path(cfg: EncoderConfig, where: str) -> None:
         raise ConfigError(f"{where}.path: the local model folder {cfg.path} does not exist")
 
 
+def check_decoder_path(cfg: DecoderConfig, where: str) -> None:
+    """A pretrained decoder's folder must exist here too."""
+    if cfg.kind == "mbart" and not (cfg.path and Path(cfg.path).is_dir()):
+        raise ConfigError(f"{where}.path: the local model folder {cfg.path} does not exist")
+
+
 # -- the registry entry ---------------------------------------------------------------------------
 class WaitkFamily(Family):
     name = "waitk"
@@ -331,7 +337,9 @@ class WaitkFamily(Family):
 
     def check_paths(self, cfg: WaitkConfig) -> None:
         st = getattr(cfg, "st", cfg)  # SAMU wraps a wait-k model
-        check_encoder_path(st.encoder, "model.st.encoder" if st is not cfg else "model.encoder")
+        prefix = "model.st" if st is not cfg else "model"
+        check_encoder_path(st.encoder, f"{prefix}.encoder")
+        check_decoder_path(st.decoder, f"{prefix}.decoder")
 
     def languages(self, model: WaitkST, tok, available, requested) -> list[str]:
         return list(model.cfg.languages)
