@@ -26,7 +26,6 @@ import torch
 from torch import Tensor, nn
 
 from simulforge.eval.agent import TRANSCRIPT, Agent, DecodeOptions, Emit
-from simulforge.training.config import ConfigError
 from simulforge.training.data import audio_channels, get, pad
 from simulforge.training.tasks import Task, batch_features
 
@@ -224,7 +223,6 @@ class JointTask(Task):
     def __init__(self, options, model_cfg, where):
         super().__init__(options, model_cfg, where)
         self.mono = model_cfg.channels == 1
-        self.channels_from = None  # the data model.channels was taken from, when the config left it null
 
     def columns(self):
         return ["audio", self.opts.transcript, f"{self.opts.translation}.{self.opts.language}"]
@@ -233,12 +231,7 @@ class JointTask(Task):
         """model.channels left null takes the audio's channel count; a count given must be the audio's."""
         super().fit_to_data(ds, source)
         found = audio_channels(ds)
-        if self.model_cfg.channels is None:
-            self.model_cfg.channels, self.channels_from = found, f"taken from the {source}"
-        elif self.model_cfg.channels != found:
-            given = self.channels_from or "leave it null to take the dataset's"
-            raise ConfigError(f"{self.where}: the audio of {source} has {found} channel(s) but model.channels is "
-                              f"{self.model_cfg.channels} ({given})")
+        self.take_from_data("channels", found, source, f"the audio of {source} has {found} channel(s)")
         self.mono = found == 1
 
     def text_columns(self):

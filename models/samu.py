@@ -92,10 +92,6 @@ class DistillOptions:
 class DistillTask(Task):
     options_cls = DistillOptions
 
-    def __init__(self, options, model_cfg, where):
-        super().__init__(options, model_cfg, where)
-        self.dim_from = None  # the data model.embedding_dim was taken from, when the config left it null
-
     def columns(self):
         return ["audio", self.opts.column]
 
@@ -109,12 +105,8 @@ class DistillTask(Task):
         if width in (None, -1):
             raise ConfigError(f"{self.where}: column {self.opts.column} of {source} is not a fixed-length vector "
                               f"({ds.features[self.opts.column]}); the teacher's width cannot be read from it")
-        if self.model_cfg.embedding_dim is None:
-            self.model_cfg.embedding_dim, self.dim_from = width, f"taken from the {source}"
-        elif self.model_cfg.embedding_dim != width:
-            given = self.dim_from or "leave it null to take the dataset's"
-            raise ConfigError(f"{self.where}: column {self.opts.column} of {source} holds {width}-dim vectors but "
-                              f"model.embedding_dim is {self.model_cfg.embedding_dim} ({given})")
+        self.take_from_data("embedding_dim", width, source,
+                            f"column {self.opts.column} of {source} holds {width}-dim vectors")
 
     def collate(self, rows, variants):
         feats, lengths = batch_features(rows)

@@ -29,6 +29,7 @@ class Task:
         self.tok = None  # set once the tokenizer exists
         self.mono = True
         self.rate = None  # the published audio's sampling rate (fit_to_data)
+        self.taken_from: dict[str, str] = {}  # model config key -> the data it was taken from (fit_to_data)
 
     def columns(self) -> list[str]:
         return []
@@ -42,6 +43,16 @@ class Task:
 
     def check_features(self, features) -> None:
         """Checks beyond column presence (widths, nested fields); raise ConfigError."""
+
+    def take_from_data(self, key: str, found: Any, source: str, holds: str) -> None:
+        """`model.<key>` left null takes what the data `holds` (`found`); a value given must equal it."""
+        given = getattr(self.model_cfg, key)
+        if given is None:
+            setattr(self.model_cfg, key, found)
+            self.taken_from[key] = f"taken from the {source}"
+        elif given != found:
+            why = self.taken_from.get(key, "leave it null to take the dataset's")
+            raise ConfigError(f"{self.where}: {holds} but model.{key} is {given} ({why})")
 
     def fit_to_data(self, ds, source: str) -> None:
         """What the model takes from the dataset (`source` names it in errors): here the audio's rate."""
