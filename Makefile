@@ -44,13 +44,13 @@ CURATE_FLAGS = $(if $(LANGUAGES),--langs $(LANGUAGES)) $(if $(INPUT),--input $(I
 REPO ?=
 REVISION ?=
 PUBLISH_FLAGS = --repo-id $(REPO) $(if $(REVISION),--revision $(REVISION)) $(if $(PRIVATE),--private) \
-	$(if $(DRY_RUN),--dry-run)
+	$(if $(DRY_RUN),--dry-run) $(if $(ALLOW_NO_DERIVATIVES),--allow-no-derivatives)
 
 .PHONY: help setup system curate publish demo-data test lint bench clean
 
 help:
 	@echo "make curate LANG=de,es [INPUT=dir] [OUTPUT=dir] [CORPORA=mustc,covost,fleurs] [RUNNER=profile] [BEAM_ARGS='...']"
-	@echo "make publish REPO=ORG/NAME [OUTPUT=dir] [REVISION=branch] [PRIVATE=1] [DRY_RUN=1]"
+	@echo "make publish REPO=ORG/NAME [OUTPUT=dir] [REVISION=branch] [PRIVATE=1] [DRY_RUN=1] [ALLOW_NO_DERIVATIVES=1]"
 	@echo "make setup [TORCH=cpu|cuda] | make test | make lint | make bench | make demo-data DIR=dir | make clean"
 
 system:

@@ -10,7 +10,12 @@ scores.json:
                                       "StartOffset": ..., "ms_per_word": ..., "log": "waitk_k=3/de/instances.log"}}},
                   ..., {"name": "offline", ...}],
      "ms_per_token_vs_offline": {"waitk_k=3": 1.08, ...},
-     "plots": ["bleu_vs_laal.png", "bleu_vs_laal_ca.png"]}
+     "plots": ["bleu_vs_laal.png", "bleu_vs_laal_ca.png"],
+     "conventions": {"latency_unit": ..., "AP": ...}}
+
+- `conventions` states how the latencies were computed, AP's above all: its denominator is the
+  prediction's length (Cho and Esipova 2016), which SimulEval 1.1.4 uses only with `--no-use-ref-len`.
+- Beside each `instances.log` is the `config.yaml` that `simuleval --score-only --output DIR` reads.
 
 - `compute.ms_per_token` is wall-clock computation per model token (subword), over every output of
   every utterance (EASiST's speed measure); `ms_per_token_vs_offline` divides a setting's by the
@@ -35,6 +40,22 @@ from .quality import _SPEAKER_TAG, wer
 
 SCORES_FILE = "scores.json"
 PLOTS = {"LAAL": "bleu_vs_laal.png", "LAAL_CA": "bleu_vs_laal_ca.png"}
+SIMULEVAL_CONFIG = "config.yaml"
+CONVENTIONS = {  # eval/latency.py defines them all
+    "latency_unit": "word: the detokenized output split on whitespace (SimulEval's --eval-latency-unit word); "
+                    "delays in ms of source read when each word was emitted",
+    "AP": "sum of the delays / (source ms * predicted words) (Cho and Esipova 2016): a fraction of the source, "
+          "1.0 offline. SimulEval 1.1.4 divides by the reference's words whenever a reference is given; "
+          "`simuleval --score-only --no-use-ref-len` reproduces this AP",
+    "computation_aware": "*_CA: the same formulas on elapsed (delay + computation ms so far), "
+                         "as SimulEval's --computation-aware",
+}
+
+
+def write_simuleval_config(folder: str | os.PathLike) -> None:
+    """The config.yaml `simuleval --score-only --output FOLDER` reads beside an instances.log: speech in,
+    text out (a conversation's channels are still speech)."""
+    (Path(folder) / SIMULEVAL_CONFIG).write_text("source_type: speech\ntarget_type: text\n")
 
 
 def strip_speakers(text: str) -> str:
@@ -108,6 +129,7 @@ def write(out_dir: str | os.PathLike, header: dict[str, Any], settings: list[dic
         for metric, name in PLOTS.items():
             _plot(settings, metric, out_dir / name)
             summary["plots"].append(name)
+    summary["conventions"] = CONVENTIONS
     (out_dir / SCORES_FILE).write_text(json.dumps(_no_nan(summary), indent=2, allow_nan=False) + "\n")
     return summary
 

@@ -21,6 +21,7 @@ from ..transforms.readers import CORPORA, CorpusSettings
 from ..transforms.segment import SegmentSettings
 from ..transforms.simulate import SimulateSettings
 from .dataset_configs import CONFIGS as DATASET_CONFIGS
+from .progress import ProgressSettings
 
 LANG_CODE = re.compile(r"^[a-z]{2,3}$")
 
@@ -39,6 +40,7 @@ class CurateSettings:
     records_per_shard: int
     runner: str
     beam_args: list[str]
+    progress: ProgressSettings
     configs: list[str]
     corpus: dict[str, CorpusSettings]
     audio: AudioSettings
@@ -85,7 +87,7 @@ class CurateSettings:
     def fingerprint(self) -> str:
         """Hash of everything that shapes the output (not where it goes or is cached), for the card."""
         d = asdict(self)
-        for key in ("output", "overwrite", "work_dir", "runner", "beam_args"):
+        for key in ("output", "overwrite", "work_dir", "runner", "beam_args", "progress"):
             d.pop(key)
         d["segment"]["align"].pop("cache_dir")
         for key in ("cache_path", "batch_dir"):

@@ -8,23 +8,27 @@ the previous build stays as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import operator
 import os
+import re
 import subprocess
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import apache_beam as beam
+import yaml
 
 from .. import __version__
 from ..settings import ConfigError
 from ..transforms import files, publish, readers
-from . import card, dataset_configs, graph, output, report, runners, steps
+from . import card, dataset_configs, graph, logs, output, progress, provenance, report, runners, steps
 from .config import CurateSettings
 
 log = logging.getLogger("simulforge.curate")
+SETTINGS_FILE = "curate.yaml"  # the build's resolved settings, beside stats.json
 
 
 class RunError(RuntimeError):
@@ -94,10 +98,55 @@ def reject_limits(settings: CurateSettings, built: list[steps.Step]) -> dict[str
             for step in built if step.systemic}
 
 
-def run(settings: CurateSettings, extra_beam_args: list[str] | None = None, echo=print) -> dict[str, Any]:
+def resolved_config(settings: CurateSettings, extra_beam_args: list[str], portable: bool = False) -> str:
+    """The settings a run uses, as YAML that `--config` takes back (same config hash): the defaults, the
+    file and --set merged, paths resolved, the command line's Beam flags after the config's.
+
+    `portable` (what a build ships): without where this run wrote (output, overwrite, work_dir) and the
+    paths it derived from the work dir (the demo input, its truth file, caches: null again), so that the
+    same settings give the same file, and the same build, wherever they run. No secrets: the LLM key
+    lives in the environment only; were its value or a URL's password in a setting, it is redacted.
+    """
+    from ..transforms.segment_llm import keys
+
+    data = dataclasses.asdict(settings)
+    data["beam_args"] = [*settings.beam_args, *extra_beam_args]
+    if portable:
+        for key in ("output", "overwrite", "work_dir"):
+            data.pop(key)
+        if settings.input == settings.demo_root():
+            data["input"] = None
+            if settings.align.truth == files.join(settings.input, "truth", "word_times.jsonl"):
+                data["align"]["truth"] = None
+        seg, derived = data["segment"], files.join(settings.work_dir, "")
+        for section, key in (("align", "cache_dir"), ("llm", "cache_path"), ("llm", "batch_dir")):
+            if (seg[section][key] or "").startswith(derived):
+                seg[section][key] = None
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110)
+    key = os.environ.get(settings.segment.llm.api_key_env, "").strip()
+    if len(key) >= keys.KEY_FRAGMENT:  # shorter: a placeholder for servers that ignore keys
+        text = keys.redact(text, key)
+    text = re.sub(r"(\w+://[^/\s:@]+:)[^@\s/]+@", rf"\1{keys.REDACTED}@", text)
+    where = ("; output, overwrite and work_dir are the command's to give" if portable else "")
+    return (f"# The resolved settings of a simulforge {__version__} curate run (config hash {settings.fingerprint()}).\n"
+            f"# `simulforge curate --config THIS_FILE` runs them again{where}.\n" + text)
+
+
+def log_file(settings: CurateSettings) -> str | None:
+    """Where the run's full log goes: under a local work dir (None for a remote one)."""
+    if not files.is_local(settings.work_dir):
+        return None
+    return files.join(settings.work_dir, "logs", f"curate-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+
+
+def run(settings: CurateSettings, extra_beam_args: list[str] | None = None, echo=print,
+        progress_stream: TextIO | None = None) -> dict[str, Any]:
     """Curate into `settings.output`; raises ConfigError (nothing done) or RunError (the previous build
-    is left as it was)."""
-    beam_args = runners.beam_args(settings.runner, settings.beam_args, list(extra_beam_args or []))
+    is left as it was). Progress goes to `progress_stream` (stderr), the full log to a file under a local
+    work dir once the checks have passed."""
+    started = time.time()
+    extra_beam_args = list(extra_beam_args or [])
+    beam_args = runners.beam_args(settings.runner, settings.beam_args, extra_beam_args)
     options = runners.validate(beam_args, {"input": settings.input, "output": settings.output,
                                            "work_dir": settings.work_dir})
     output.check_writable(settings.work_dir, "work_dir")
@@ -107,23 +156,31 @@ def run(settings: CurateSettings, extra_beam_args: list[str] | None = None, echo
         output.check_target(settings.output, overwrite=settings.overwrite)
         ensure_demo(settings, echo)
         tasks, missing = plan(settings, echo)
-        staging = output.new_staging(settings.output)
-        try:
-            stats, build = _build(settings, options, beam_args, tasks, missing, staging, echo)
-        except BaseException:
-            _keep_failed(staging, settings.work_dir, echo)
-            raise
-        # A swap that stops half way (a full disk, a kill) is finished or undone by the next run.
-        output.promote(staging, settings.output, build, echo)
-    for line in report.summary_lines(stats):
-        echo(line)
+        with logs.to_file(log_file(settings)) as log_path:
+            staging = output.new_staging(settings.output)
+            try:
+                stats, build = _build(settings, options, beam_args, tasks, missing, staging, echo,
+                                      resolved_config(settings, extra_beam_args, portable=True), progress_stream)
+            except BaseException:
+                _keep_failed(staging, settings.work_dir, echo)
+                if log_path:
+                    echo(f"the run's log is {log_path}")
+                raise
+            # A swap that stops half way (a full disk, a kill) is finished or undone by the next run.
+            output.promote(staging, settings.output, build, echo)
+            for line in report.summary_lines(stats):
+                echo(line)
+            for line in report.closing_lines(stats, build=build.build, output=settings.output,
+                                             wall_s=time.time() - started, log=log_path,
+                                             settings_file=SETTINGS_FILE):
+                echo(line)
     return stats
 
 
 def _keep_failed(staging: str, work_dir: str, echo) -> None:
     """A failed run's stats and rejects go to the work dir for a look; its staging folder goes."""
     kept = files.join(work_dir, "failed-runs", staging.rstrip("/").rsplit("/", 1)[-1])
-    for name in ("stats.json", graph.REJECTS_FILE):
+    for name in ("stats.json", graph.REJECTS_FILE, SETTINGS_FILE):
         src = files.join(staging, name)
         if files.exists(src):
             with files.open_write(files.join(kept, name)) as f:
@@ -134,14 +191,22 @@ def _keep_failed(staging: str, work_dir: str, echo) -> None:
 
 
 def _build(settings: CurateSettings, options, beam_args: list[str], tasks, missing, staging: str,
-           echo) -> tuple[dict[str, Any], output.Build]:
+           echo, resolved: str, progress_stream: TextIO | None) -> tuple[dict[str, Any], output.Build]:
     """Run the graph into `staging` and finish the build there; returns its stats and the build."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker process
     echo(f"curating {', '.join(settings.corpora)} for English→{', '.join(settings.languages)}: "
          f"{len(tasks)} files to read, output {settings.output}")
+    with files.open_write(files.join(staging, SETTINGS_FILE)) as f:
+        f.write(resolved.encode("utf-8"))
+    local = runners.local_workers(options)
+    if not local and settings.progress.display != "none":
+        echo("progress: the runner's UI shows each stage's Beam counters (in, out, rejected, audio_ms)")
     started = time.time()
-    with beam.Pipeline(options=options) as p:
-        parents = graph.build(p, settings, tasks, staging)
+    with logs.raw_stderr_to_file(), progress.Watch(settings.progress, settings.work_dir, local,
+                                                   progress_stream) as watch:
+        with beam.Pipeline(options=options) as p:
+            parents = graph.build(p, settings, tasks, staging)
+            watch.start(parents, len(tasks))
     elapsed = time.time() - started
 
     sums = report.load_sums(files.join(staging, graph.SUMS_FILE))
@@ -183,6 +248,7 @@ def _build(settings: CurateSettings, options, beam_args: list[str], tasks, missi
         corpora={c: settings.corpus[c].license for c in settings.corpora},
         build_info=build_info(settings, summary, built),
         sections=[step.card(sections[step.section]) for step in built if step.card and step.section in sections],
+        about=provenance.about(settings, tasks),
     )
     written += [p for p in output.walk(staging) if not p.startswith("data/")]
     return stats, output.write_marker(staging, build, written)

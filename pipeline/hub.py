@@ -12,7 +12,8 @@ the repository's first commit, and the default branch is left as it is; an expli
 `--revision` that holds another build is refused. A finished upload is tagged
 `build-<id>`, so every build is loadable by that revision. The client commits files in path
 order, so the card (README.md, which names the build) lands with the first commit: a branch
-left by an interrupted upload names its build, and the re-run resumes it.
+left by an interrupted upload names its build, and the re-run resumes it. The uploaded card
+names the repo in its loading examples where the local one has the ORG/NAME placeholder.
 
 The token comes from `HF_TOKEN` or the saved login (`huggingface_hub.get_token`), is given to
 the client only, and is masked in every log record and error message while we run.
@@ -36,7 +37,7 @@ from ..transforms.publish import parse_shard, shard_name
 from . import card, plots
 from .output import MARKER
 
-ROOT_FILES = ("README.md", "stats.json", "rejected.jsonl")
+ROOT_FILES = ("README.md", "stats.json", "rejected.jsonl", "curate.yaml")  # curate.yaml: the resolved settings
 REQUIRED = ("README.md", "stats.json")
 NOT_A_BUILD = "files that are not a simulforge build"
 DEFAULT_BRANCH = "main"
@@ -226,6 +227,26 @@ def _masked(secret: str) -> Iterator[None]:
         logging.setLogRecordFactory(make)
 
 
+@contextmanager
+def _as_published(m: Manifest, repo_id: str) -> Iterator[str]:
+    """A folder holding what is uploaded: the card with `repo_id` in its loading examples (card.for_repo),
+    and links to every other file of the build. The card is not part of the build id, and it is the
+    same text at every try, so a resumed upload finds it already there."""
+    with tempfile.TemporaryDirectory(prefix="simulforge-publish-") as tmp:
+        for path, _ in m.files:
+            src = os.path.join(os.path.abspath(m.folder), *path.split("/"))
+            dest = os.path.join(tmp, *path.split("/"))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            if path == "README.md":
+                with open(src, encoding="utf-8") as f:
+                    text = card.for_repo(f.read(), repo_id)
+                with open(dest, "w", encoding="utf-8") as f:
+                    f.write(text)
+            else:
+                os.symlink(src, dest)
+        yield tmp
+
+
 def _holds(api, repo_id: str, branch: str) -> str | None:
     """What `branch` holds: None (no such branch, or empty), a build id, or NOT_A_BUILD."""
     from huggingface_hub.errors import RevisionNotFoundError
@@ -299,12 +320,13 @@ def _upload(m: Manifest, repo_id: str, *, private: bool, revision: str | None, t
         # From the first commit, so the new branch holds nothing of another build.
         root = api.list_repo_commits(repo_id, repo_type="dataset")[-1].commit_id
         api.create_branch(repo_id, branch=branch, revision=root, repo_type="dataset")
-    info = api.upload_folder(
-        repo_id=repo_id, repo_type="dataset", folder_path=m.folder, revision=branch,
-        allow_patterns=[p for p, _ in m.files],
-        commit_message=f"simulforge build {m.build}",
-        commit_description=f"Dataset version build {m.build}, uploaded by `simulforge publish`.",
-    )
+    with _as_published(m, repo_id) as folder:
+        info = api.upload_folder(
+            repo_id=repo_id, repo_type="dataset", folder_path=folder, revision=branch,
+            allow_patterns=[p for p, _ in m.files],
+            commit_message=f"simulforge build {m.build}",
+            commit_description=f"Dataset version build {m.build}, uploaded by `simulforge publish`.",
+        )
     if branch != tag:
         api.create_tag(repo_id, tag=tag, revision=info.oid, repo_type="dataset", exist_ok=True,
                        tag_message=f"simulforge build {m.build}")

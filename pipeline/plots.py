@@ -105,10 +105,11 @@ def summary(values: list[float]) -> dict[str, float]:
             "p50": float(p50), "p90": float(p90)}
 
 
-def level_order(values: dict[str, list], stats: dict[str, Any]) -> list[str]:
-    """The levels that have values, lowest latency first as the segment stage lists them."""
+def level_order(values: dict[str, list], stats: dict[str, Any], levels: list[str] = ()) -> list[str]:
+    """The levels that have values, lowest latency first: as configured (`levels`), else as the segment
+    stage lists them."""
     known = list(stats.get("segment", {}).get("chunks_per_utterance", {}))
-    return [lv for lv in dict.fromkeys([*known, *values]) if values.get(lv)]
+    return [lv for lv in dict.fromkeys([*levels, *known, *values]) if values.get(lv)]
 
 
 # -- Drawing -----------------------------------------------------------------------------------
@@ -138,15 +139,16 @@ def _histogram(ax, values, *, bins, xlabel: str, ylabel: str, title: str) -> Non
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
 
 
-def draw(fig_data: Figures, stats: dict[str, Any], root: str) -> dict[str, tuple[str, str]]:
-    """Save every plot the data allows under `root/plots/`; name -> (relative path, caption)."""
+def draw(fig_data: Figures, stats: dict[str, Any], root: str, levels: list[str] = ()) -> dict[str, tuple[str, str]]:
+    """Save every plot the data allows under `root/plots/`; name -> (relative path, caption). `levels`:
+    the latency levels, lowest first."""
     out: dict[str, tuple[str, str]] = {}
     if fig_data.durations:
         fig, (ax,) = _figure(1)
         _histogram(ax, fig_data.durations, bins=30, xlabel="seconds", ylabel="utterances",
                    title=f"Utterance duration (n={len(fig_data.durations)})")
         out["durations"] = (_save(fig, root, "durations"), "Utterance durations (offline config)")
-    words, seconds = level_order(fig_data.chunk_words, stats), level_order(fig_data.chunk_seconds, stats)
+    words, seconds = level_order(fig_data.chunk_words, stats, levels), level_order(fig_data.chunk_seconds, stats, levels)
     if words:
         fig, axes = _figure(2 if seconds else 1)
         top = max(max(fig_data.chunk_words[lv]) for lv in words)
@@ -162,7 +164,8 @@ def draw(fig_data: Figures, stats: dict[str, Any], root: str) -> dict[str, tuple
     if rates:
         fig, (ax,) = _figure(1)
         langs = list(rates)
-        bars = list(dict.fromkeys(k for r in rates.values() for k in r))  # offline first, then the levels
+        found = list(dict.fromkeys(k for r in rates.values() for k in r))  # offline first, then the levels
+        bars = [b for b in ["offline", *levels] if b in found] + [b for b in found if b not in ("offline", *levels)]
         width = 0.8 / len(bars)
         for i, bar in enumerate(bars):
             ax.bar(np.arange(len(langs)) + i * width, [rates[lang].get(bar) or 0.0 for lang in langs],

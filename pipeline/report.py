@@ -130,3 +130,35 @@ def summary_lines(stats: dict[str, Any]) -> list[str]:
         note = f"; not in corpus: {', '.join(c['not_in_corpus'])}" if c.get("not_in_corpus") else ""
         lines.append(f"coverage {corpus}: {c.get('clips', 0)} clips ({langs}){note}")
     return lines
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def closing_lines(stats: dict[str, Any], *, build: str, output: str, wall_s: float, log: str | None,
+                  settings_file: str) -> list[str]:
+    """What a finished run tells its operator last: the build, where each part of it is, and what to
+    run next."""
+    def at(name: str) -> str:
+        return files.join(output, name)
+
+    rejected = sum(e["rejected_total"] for e in stats["stages"].values())
+    configs = list(stats["published"])
+    lines = [f"build {build} in {output}: {_duration(wall_s)} in all, the pipeline {_duration(stats['run']['wall_s'])}",
+             f"  card      {at('README.md')}",
+             f"  rejects   {at('rejected.jsonl')} ({rejected} rejected record{'' if rejected == 1 else 's'}"
+             + (", each with its reason and detail)" if rejected else ")"),
+             f"  stats     {at('stats.json')}",
+             f"  settings  {at(settings_file)} (simulforge curate --config {at(settings_file)} --output DIR "
+             f"runs them again)"]
+    if log:
+        lines.append(f"  log       {log}")
+    model = "easist_tiny" if {"simulst", "simulmt"} <= set(configs) else "bilingual_tiny"
+    lines += ["next:",
+              f"  simulforge publish {output} --repo-id ORG/NAME --dry-run   # or make publish OUTPUT={output} "
+              f"REPO=ORG/NAME DRY_RUN=1",
+              f"  simulforge train --config configs/models/{model}.yaml --data {output} --out runs/{model}"]
+    return lines

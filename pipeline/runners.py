@@ -7,6 +7,7 @@ the work directory), and we say which is missing before the pipeline is built.
 
 from __future__ import annotations
 
+import difflib
 from importlib import resources
 
 import yaml
@@ -19,6 +20,7 @@ from apache_beam.options.pipeline_options import (
     SparkRunnerOptions,
     StandardOptions,
     WorkerOptions,
+    _BeamArgumentParser,
 )
 
 from ..settings import ConfigError
@@ -44,11 +46,39 @@ def _runner(options: PipelineOptions) -> str:
     return name if isinstance(name, str) else type(name).__name__
 
 
+def unknown_flags(args: list[str]) -> list[str]:
+    """The items of `args` that no Beam option takes, each with Beam's closest flag where it has one.
+
+    Beam itself only logs "Unparseable argument" and runs without them; the parser is the one Beam
+    builds for that check (every PipelineOptions subclass, no abbreviations).
+    """
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    known = [flag for action in parser._actions for flag in action.option_strings]
+    _, unknown = parser.parse_known_args(args)
+    out, after_flag = [], False
+    for item in unknown:
+        if not item.startswith("-"):
+            if not after_flag:  # a value of the unknown flag before it is no second problem
+                out.append(f"{item} (not a --flag=value)")
+            after_flag = False
+            continue
+        name = item.split("=", 1)[0]
+        close = difflib.get_close_matches(name, known, n=1)
+        out.append(f"{item} (did you mean {close[0]}?)" if close else f"{item} (no Beam option has this name)")
+        after_flag = "=" not in item
+    return out
+
+
 def validate(args: list[str], paths: dict[str, str | None]) -> PipelineOptions:
-    """PipelineOptions for `args`, or a ConfigError naming what a runner still needs.
+    """PipelineOptions for `args`, or a ConfigError naming an unknown flag or what a runner still needs.
 
     `paths` are the folders the run reads and writes ({"output": ..., "work_dir": ...}).
     """
+    unknown = unknown_flags(args)
+    if unknown:
+        raise ConfigError(f"unknown Beam flag{'s' if len(unknown) > 1 else ''}: {'; '.join(unknown)}")
     options = PipelineOptions(args)
     runner = _runner(options)
     missing: list[str] = []
@@ -81,6 +111,11 @@ def validate(args: list[str], paths: dict[str, str | None]) -> PipelineOptions:
                               + ", ".join(f"{k}={v}" for k, v in local.items())
                               + " must be on shared storage (gs://, s3://, hdfs://)")
     return options
+
+
+def local_workers(options: PipelineOptions) -> bool:
+    """Whether the runner's workers run on this machine (and so can write the progress events)."""
+    return _runner(options) in LOCAL_RUNNERS or _is_embedded(options)
 
 
 def _is_embedded(options: PipelineOptions) -> bool:

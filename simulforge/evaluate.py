@@ -22,7 +22,9 @@ Data mode:
     simulforge evaluate data DATASET [--truth word_times.jsonl] [--cometkiwi MODEL_DIR] [--split S] [--out DIR]
 
 measures the published chunks' monotonicity against the offline pairs, the word timings'
-error against a truth file, and CometKiwi with a local model (eval/data_quality.py).
+error against a truth file, and CometKiwi with a local model (eval/data_quality.py), into
+`<dataset>-eval/quality` by default. No evaluation writes into a curated dataset folder (`--out`
+there is refused): `simulforge publish` refuses files a build did not write.
 
 Bad input (a missing run, dataset config, split, column or language, a policy the family cannot
 run, a malformed `--k` or one naming a language the run lacks, `--device cuda` without a GPU) stops
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 
 DATA_MODE = "data"
 
@@ -57,6 +60,7 @@ def model_parser() -> argparse.ArgumentParser:
                                "language, decoded jointly (de=3,es=5)")
     p.add_argument("--segment-ms", type=float, default=40.0, help="source segment size (default 40 ms)")
     p.add_argument("--limit", type=int, help="only the first N utterances")
+    p.add_argument("--ids", help="only the rows whose id a file lists (one a line), e.g. what a run trained on")
     p.add_argument("--out", help="output folder (default <run>/eval/<split>)")
     p.add_argument("--prompt", help="EASiST prompt template, with {tag} (<2de>) and {lang} "
                                     "(default: the one the run trained with, from its run.yaml)")
@@ -75,11 +79,30 @@ def data_parser() -> argparse.ArgumentParser:
     p.add_argument("--cometkiwi", help="local CometKiwi model folder (skipped without one)")
     p.add_argument("--split", help="only this split (default: every split)")
     p.add_argument("--limit", type=int, help="only the first N rows of each split")
-    p.add_argument("--out", help="output folder (default <dataset>/eval/quality for a local dataset)")
+    p.add_argument("--out", help="output folder (default <dataset>-eval/quality beside a local dataset: never "
+                                 "inside it, where `simulforge publish` would refuse the stray files)")
     return p
 
 
 # -- entry point ---------------------------------------------------------------------------------
+def quality_dir(dataset: str, out: str | None) -> str | None:
+    """`evaluate data`'s output folder: `--out`, or `<dataset>-eval/quality` beside a local dataset
+    (None for a hub id, which needs --out)."""
+    if out is None and Path(dataset).is_dir():
+        return f"{str(dataset).rstrip('/')}-eval/quality"
+    return out
+
+
+def check_outside(dataset: str, out: str | None) -> None:
+    """An evaluation writes nothing into a curated dataset folder: `publish` refuses files a build did
+    not write."""
+    from simulforge.pipeline.output import MARKER
+
+    if out and (Path(dataset) / MARKER).is_file() and Path(out).resolve().is_relative_to(Path(dataset).resolve()):
+        raise ValueError(f"--out {out} is inside the dataset folder {dataset}, where `simulforge publish` would "
+                         f"refuse the stray files; give a folder outside it")
+
+
 def _split_langs(value: str | None) -> list[str] | None:
     return [v for v in re.split(r"[,\s]+", value) if v] if value else None
 
@@ -106,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         from simulforge.eval.data_quality import evaluate_dataset
 
         try:
+            out = quality_dir(args.dataset, args.out)
+            check_outside(args.dataset, out)
             evaluate_dataset(args.dataset, truth=args.truth, cometkiwi=args.cometkiwi, split=args.split,
-                             limit=args.limit, out=args.out)
+                             limit=args.limit, out=out)
         except (FileNotFoundError, ValueError) as e:
             print(f"simulforge evaluate data: {e}", file=sys.stderr)
             return 2
@@ -116,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     from simulforge.eval.run import evaluate_run
 
     try:
+        check_outside(args.data, args.out)
         policy, sweep, per_language = _k_option(args.k, args.policy, args.sweep)
         evaluate_run(args.run, args.data, split=args.split, config=args.config, languages=_split_langs(args.lang),
                      policy=policy, sweep=sweep, k=per_language, segment_ms=args.segment_ms, limit=args.limit,
-                     out=args.out, prompt=args.prompt, max_len=args.max_len, device=args.device)
+                     ids=args.ids, out=args.out, prompt=args.prompt, max_len=args.max_len, device=args.device)
     except (FileNotFoundError, ValueError) as e:
         print(f"simulforge evaluate: {e}", file=sys.stderr)
         return 2

@@ -4,6 +4,10 @@ The folder must be exactly one build (see pipeline/hub.py for the checks). `--dr
 the checks and lists what would be uploaded, without a token or a network. The upload
 resumes where an interrupted one stopped; a build never lands on a branch that holds
 another build. The token comes from HF_TOKEN or `hf auth login` and is never printed.
+
+A source whose license forbids sharing adapted material (NoDerivatives, as MuST-C's CC
+BY-NC-ND) is named before anything is uploaded, and the upload stops unless
+`--allow-no-derivatives` says that the publisher holds the rights holders' permission.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", metavar="BRANCH",
                    help="branch to publish on (default: main, or branch build-<id> when main holds another build)")
     p.add_argument("--dry-run", action="store_true", help="check the folder and list what would be uploaded")
+    p.add_argument("--allow-no-derivatives", action="store_true",
+                   help="upload although a source's license forbids sharing adapted material (NoDerivatives, "
+                        "e.g. MuST-C's CC BY-NC-ND): only with the rights holders' permission")
     return p
 
 
@@ -52,21 +59,35 @@ def listing(manifest, repo_id: str, private: bool, revision: str | None) -> list
              f"branch main, or branch build-{manifest.build} if main holds another build")
     lines.append(f"would upload to dataset repo {repo_id}{' (private)' if private else ''} on {where}, "
                  f"then tag build-{manifest.build}")
+    lines.append(f'the uploaded README.md names the repo in its loading examples: REPO = "{repo_id}"')
     return lines
+
+
+def license_warning(restrictions: list[str]) -> str:
+    return ("the sources' licenses forbid sharing this build without permission:\n"
+            + "\n".join(f"  - {r}" for r in restrictions))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not REPO_ID.match(args.repo_id):
         return _fail(f"--repo-id {args.repo_id!r}: expected ORG/NAME")
-    from .pipeline import hub
+    from .pipeline import hub, provenance
 
     try:
         manifest = hub.check(args.folder)
+        restricted = provenance.restrictions(manifest.card)
+        if restricted:
+            print(f"simulforge publish: warning: {license_warning(restricted)}", file=sys.stderr)
         if args.dry_run:
             print("\n".join(listing(manifest, args.repo_id, args.private, args.revision)))
+            if restricted and not args.allow_no_derivatives:
+                print("an upload would stop at the license warning above unless given --allow-no-derivatives")
             print("dry run: nothing uploaded")
             return 0
+        if restricted and not args.allow_no_derivatives:
+            return _fail("nothing uploaded: pass --allow-no-derivatives only if the rights holders allow you to "
+                         "share this adapted data")
         done = hub.upload(manifest, args.repo_id, private=args.private, revision=args.revision)
     except hub.PublishError as e:
         return _fail(str(e))

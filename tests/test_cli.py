@@ -4,10 +4,10 @@ output loading with `datasets`, and a run writing nothing outside --output and -
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -107,6 +107,95 @@ def test_curate_takes_its_flags_a_config_file_and_beam_flags(first_build):
     assert (work / "matplotlib").is_dir()
 
 
+def test_curate_says_where_everything_is_and_ships_its_resolved_settings(first_build):
+    """The closing lines name the build, its parts and the next commands; curate.yaml beside stats.json
+    loads back as a --config with the build's config hash, and the build's file list holds it."""
+    import yaml
+
+    from simulforge.pipeline import config
+
+    user, _, out, work, proc = first_build
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats, build = json.loads((out / "stats.json").read_text()), build_id(out)
+    rejected = sum(e["rejected_total"] for e in stats["stages"].values())
+    lines = proc.stdout.splitlines()
+    closing = lines[lines.index(next(line for line in lines if line.startswith(f"build {build} in {out}: "))):]
+    assert [line.split()[0] for line in closing[1:6]] == ["card", "rejects", "stats", "settings", "log"]
+    assert f"{out}/README.md" in closing[1] and f"{out}/rejected.jsonl ({rejected} rejected record" in closing[2]
+    (log,) = (work / "logs").glob("curate-*.log")
+    assert closing[5].split()[-1] == str(log)
+    assert closing[6] == "next:" and closing[7].strip().startswith(f"simulforge publish {out} --repo-id ORG/NAME")
+    assert closing[8].strip().startswith(f"simulforge train --config configs/models/bilingual_tiny.yaml --data {out}")
+
+    assert "curate.yaml" in json.loads((out / ".simulforge-build").read_text())["files"]
+    assert not {"output", "overwrite", "work_dir"} & set(yaml.safe_load((out / "curate.yaml").read_text()))
+    shipped = config.load(str(out / "curate.yaml"), [f"work_dir={work}"])  # where to write is the command's
+    assert shipped.fingerprint() == stats["run"]["config_hash"]
+    assert (shipped.languages, shipped.seed, shipped.num_shards) == (["de"], 7, 2)
+    assert shipped.beam_args == ["--direct_num_workers=1", "--runner=FnApiRunner"]  # after the profile's
+
+
+def test_a_default_curate_logs_little_and_keeps_the_full_log_in_the_work_dir(first_build):
+    """Library INFO records (Beam's) stay off the console but are in the log file, with the lines the
+    run printed; stderr holds the progress line(s) and nothing from INFO."""
+    _, _, out, work, proc = first_build
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [line for line in proc.stderr.splitlines() if not line.startswith("progress ")] == [], proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("progress ") and "done: read, join, audio" in proc.stderr
+    (log,) = (work / "logs").glob("curate-*.log")
+    text = log.read_text()
+    assert re.search(r"^\S+ \S+ INFO apache_beam\.", text, re.M), text[:3000]
+    assert f"INFO simulforge.echo: published build {build_id(out)} in {out}" in text
+
+
+def test_quiet_and_verbose(first_build, demo_root, tmp_path):
+    user, _, _, work, first = first_build
+    assert first.returncode == 0, first.stderr[-3000:]
+    common = ["curate", "--input", demo_root, "--work-dir", work, *SMALL]
+    quiet = user.run(*common, "--output", tmp_path / "q", "-q")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    assert_loads(tmp_path / "q")
+    verbose = user.run("-v", *common, "--output", tmp_path / "v")
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    assert re.search(r"^INFO apache_beam\.", verbose.stderr, re.M), verbose.stderr
+    assert f"published build {build_id(tmp_path / 'v')}" in verbose.stdout
+
+
+def test_print_config_prints_the_merged_settings_and_does_nothing_else(first_build, tmp_path):
+    """The same flags as the first build with --print-config: the settings that build recorded."""
+    import yaml
+
+    from simulforge.pipeline import config
+
+    user, argv, out, _, first = first_build
+    assert first.returncode == 0, first.stderr[-3000:]
+    where = tmp_path / "elsewhere"
+    argv = [where if a == out else a for a in argv]
+    printed = user.run(*argv, "--print-config")
+    assert printed.returncode == 0 and printed.stderr == "", printed.stderr
+    data = yaml.safe_load(printed.stdout)
+    assert (data["languages"], data["seed"], data["output"]) == (["de"], 7, str(where))
+    (where.parent / "printed.yaml").write_text(printed.stdout)
+    stats = json.loads((out / "stats.json").read_text())
+    assert config.load(str(where.parent / "printed.yaml")).fingerprint() == stats["run"]["config_hash"]
+    assert not where.exists() and user.left() == []
+
+
+def test_evaluate_data_writes_beside_the_dataset_which_publish_still_takes(first_build, tmp_path):
+    """`evaluate data OUT` used to write OUT/eval, after which `publish` refused OUT for stray files."""
+    out, first = first_build[2], first_build[4]
+    assert first.returncode == 0, first.stderr[-3000:]
+    user, before = User(tmp_path), tree(out)  # `datasets` caches under this user's HOME
+    evaluated = user.run("evaluate", "data", out)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert (Path(f"{out}-eval") / "quality" / "quality.json").is_file() and tree(out) == before
+    assert_refused(user.run("evaluate", "data", out, "--out", out / "eval"), "evaluate data",
+                   f"--out {out / 'eval'} is inside the dataset folder {out}")
+    assert tree(out) == before
+    checked = user.run("publish", out, "--repo-id", "org/name", "--dry-run")
+    assert checked.returncode == 0 and "dry run: nothing uploaded" in checked.stdout, checked.stderr[-3000:]
+
+
 def test_a_second_run_into_a_build_needs_overwrite(first_build, demo_root):
     user, argv, out, work, first = first_build
     assert first.returncode == 0, first.stderr[-3000:]
@@ -155,11 +244,15 @@ def test_demo_data_writes_the_three_corpus_layouts(tmp_path):
     user, root = User(tmp_path), tmp_path / "raw"
     proc = user.run("demo-data", root, "--scale", "0.05")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    prefix = f"demo corpora written to {root}: "
-    line = proc.stdout.strip().splitlines()[-1]
-    assert line.startswith(prefix), line
-    summary = ast.literal_eval(line[len(prefix):])
+    lines = proc.stdout.splitlines()  # a short summary, not the whole dict
+    assert lines[0].startswith(f"demo corpora written to {root} in ") and lines[0].endswith("(scale 0.05, seed 0):")
+    assert lines[-1] == f"next: simulforge curate --input {root} --output out" and len(lines) == 6
+    shown = {m[1]: int(m[2]) for m in (re.match(r"  (\w+)\s+(\d+) clips", line) for line in lines[1:5]) if m}
+    again = user.run("demo-data", root, "--scale", "0.05", "--json")  # the same corpora, every number
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads(again.stdout)
     assert (summary["scale"], summary["seed"]) == (0.05, 0)
+    assert shown == {**{n: summary[n]["clips"] for n in ("mustc", "covost", "fleurs")}, "truth": summary["truth_clips"]}
     assert sorted(p.name for p in root.iterdir()) == ["README.txt", "covost", "fleurs", "mustc", "truth"]
     mustc, covost, fleurs = (summary[name]["clips"] for name in ("mustc", "covost", "fleurs"))
     assert len(list(root.glob("mustc/en-de/data/*/wav/*.wav"))) == summary["mustc"]["talks"] > 0
@@ -216,6 +309,11 @@ REFUSALS = {
     "missing-input": (["--input", "NOWHERE"], None, ["covost: corpus folder NOWHERE/covost does not exist"]),
     "unknown-profile": (["--runner-profile", "yarn"], None, ["runner profile 'yarn': known profiles are direct, "]),
     "beam-runner-flag": (["--runner=PortableRunner"], None, ["PortableRunner needs --job_endpoint"]),
+    "misspelled-beam-flag": (["--direct_num_worker=2"], None,
+                             ["unknown Beam flag: --direct_num_worker=2 (did you mean --direct_num_workers?)"]),
+    "unknown-beam-flags": (["--foo_bar=1", "--flink_mastr", "h"], None,
+                           ["unknown Beam flags: --foo_bar=1 (no Beam option has this name); "
+                            "--flink_mastr (did you mean --flink_master?)"]),
 }
 
 
@@ -251,4 +349,8 @@ def test_usage_errors_and_help(tmp_path):
     assert helped.returncode == 0 and helped.stdout.startswith("usage: simulforge export lhotse"), helped
     helped = user.run("curate", "--help")
     assert helped.returncode == 0 and "--runner-profile" in helped.stdout and "--runner=PortableRunner" in helped.stdout
+    helped = user.run("export", "--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: simulforge export lhotse DATASET DIR"), helped
+    version = user.run("--version")
+    assert (version.returncode, version.stdout.strip()) == (0, f"simulforge {__import__('simulforge').__version__}")
     assert not (tmp_path / "x").exists() and user.left() == []

@@ -119,12 +119,19 @@ def test_lhotse_loads_the_offline_export(published, tmp_path):
     assert (sup.text, sup.language, sup.speaker) == ("Hello world.", "en", "spk1")
     assert sup.duration == pytest.approx(1.0) and sup.alignment is None
     assert sup.custom["translation"] == {"de": "Hallo Welt.", "es": "Hola mundo."}
-    assert sup.custom["embedding"] == [0.5, 0.5, 0.5, 0.5] and sup.custom["corpus"] == "mustc"
+    assert "embedding" not in sup.custom and sup.custom["corpus"] == "mustc"  # the embedding only when asked
     assert next(s for s in sups if s.id == "covost/clip_7").custom["translation"] == {"de": "Ja."}
 
     test_recs = lhotse.load_manifest(out / "simulforge_offline_recordings_test.jsonl.gz")
     assert test_recs["fleurs/42"].load_audio().shape == (1, round(1.5 * RATE))
     assert not (out / ".partial").exists()
+
+
+def test_the_embedding_is_exported_only_when_asked(published, tmp_path):
+    out = tmp_path / "lhotse"
+    assert main([str(published), str(out), "--embedding", "--split", "train"]) == 0
+    sups = lhotse.load_manifest(out / "simulforge_offline_supervisions_train.jsonl.gz")
+    assert sups["mustc/ted_1_0"].custom["embedding"] == [0.5, 0.5, 0.5, 0.5]
 
 
 def test_simulst_export_carries_word_alignments(published, tmp_path):
@@ -147,3 +154,46 @@ def test_bad_arguments_fail_with_a_message(published, tmp_path, capsys):
     assert "no such dataset folder" in capsys.readouterr().err
     assert main([str(published), str(tmp_path / "o"), "--split", "dev"]) == 2
     assert "has no split 'dev'; it has train, test" in capsys.readouterr().err
+
+
+def test_conversations_export_validates_in_lhotse(curated_demo, tmp_path, capsys):
+    """A real build's conversations: one multi-channel recording each, one supervision per turn with its
+    speaker, words and translations, the conversation's own columns on a cut; no embedding anywhere."""
+    data, stats = curated_demo
+    out = tmp_path / "lhotse"
+    assert main([str(data), str(out), "--config", "conversations"]) == 0
+    printed = capsys.readouterr().out
+    rows = datasets.load_dataset(str(data), "conversations").cast_column("audio", datasets.Audio(decode=False))
+    for split, n in stats["published"]["conversations"]["rows"].items():
+        recs = lhotse.load_manifest(out / f"simulforge_conversations_recordings_{split}.jsonl.gz")
+        sups = lhotse.load_manifest(out / f"simulforge_conversations_supervisions_{split}.jsonl.gz")
+        cuts = lhotse.load_manifest(out / f"simulforge_conversations_cuts_{split}.jsonl.gz")
+        lhotse.qa.validate_recordings_and_supervisions(recs, sups, read_data=True)
+        lhotse.qa.validate(cuts, read_data=True)
+        turns = sum(len(r["segments"]) for r in rows[split])
+        assert len(recs) == len(cuts) == n and len(sups) == turns
+        assert f"{split}: {n} recordings, {turns} supervisions, {n} cuts" in printed
+        for row in rows[split]:
+            rec, cut = recs[row["id"]], cuts[row["id"]]
+            assert rec.num_channels == len(row["room"]["channel_names"]) == 7
+            assert rec.duration == pytest.approx(row["duration"], abs=1e-3)
+            mine = sorted((s for s in sups if s.recording_id == row["id"]), key=lambda s: s.id)
+            assert len(mine) == len(row["segments"]) and isinstance(cut, lhotse.MultiCut)
+            for sup, turn in zip(mine, row["segments"], strict=True):
+                assert (sup.speaker, sup.text, sup.language) == (turn["speaker"], turn["text"], "en")
+                assert sup.start == pytest.approx(turn["start_s"]) and sup.end == pytest.approx(turn["end_s"])
+                assert sup.channel == list(range(7))
+                assert sup.custom["translation"] == {k: v for k, v in turn["translations"].items() if v}
+                assert sup.custom["source_speaker"] == turn["source_speaker"]
+                assert sup.custom["utterance_id"] == turn["utterance_id"]
+                assert "embedding" not in sup.custom
+                spoken = [w["word"] for w in row["words"] if w["speaker"] == turn["speaker"]
+                          and turn["start_s"] <= (w["start_s"] + w["end_s"]) / 2 <= turn["end_s"]]
+                assert [w.symbol for w in sup.alignment["word"]] == spoken == turn["text"].split()
+            assert sum(len(s.alignment["word"]) for s in mine) == len(row["words"])
+            room = {("array_preset" if k == "array" else k): v for k, v in row["room"].items()}
+            assert cut.custom["sot_text"] == row["sot_text"] and cut.custom["room"] == room
+            assert cut.custom["sot_translation"] == {k: v for k, v in row["sot_translation"].items() if v}
+            assert len(cut.supervisions) == len(mine)
+    audio = recs[0].load_audio()
+    assert audio.shape == (7, recs[0].num_samples) and np.abs(audio).max() > 0

@@ -49,9 +49,22 @@ def copy(folder, tmp_path):
 
 
 def _files(root) -> dict[str, bytes]:
-    """What an upload sends: every file but the build marker, which is for the local folder only."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != output.MARKER}
+    """What an upload sends: every file but the build marker, which is for the local folder only, and
+    the card naming the repo in its loading examples."""
+    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+             if p.is_file() and p.name != output.MARKER}
+    files["README.md"] = card.for_repo(files["README.md"].decode(), REPO).encode()
+    return files
+
+
+@pytest.fixture(scope="module")
+def restricted(demo_root, tmp_path_factory):
+    """A build of the demo corpora as real ones (no demo README.txt): MuST-C's CC BY-NC-ND applies."""
+    raw = tmp_path_factory.mktemp("restricted") / "raw"
+    shutil.copytree(demo_root, raw)
+    (raw / "README.txt").unlink()
+    curate(raw, raw.parent / "out", corpora=("mustc", "fleurs"))
+    return raw.parent / "out"
 
 
 def _shard(root, name: str):
@@ -75,6 +88,8 @@ def test_dry_run_lists_a_whole_build(folder, capsys, monkeypatch):
     for path in _files(folder):
         assert path in out
     assert f"branch build-{build} if main holds another build" in out
+    assert f'the uploaded README.md names the repo in its loading examples: REPO = "{REPO}"' in out
+    assert "warning" not in capsys.readouterr().err  # demo data: synthesized, no license stands in the way
 
 
 def _rewrite_duration_as_double(root):
@@ -403,6 +418,12 @@ def test_upload_creates_the_repo_and_tags_the_build(folder, hub, capfd, caplog):
     build = card.front_matter((folder / "README.md").read_text())["simulforge"]["build"]
     assert repo.private
     assert repo.tree("main") == {".gitattributes": b"*.parquet filter=lfs\n", **_files(folder)}
+    # The hub's card names the repo where the local one has the placeholder; the local card is untouched.
+    uploaded, local = repo.tree("main")["README.md"].decode(), (folder / "README.md").read_text()
+    assert f'REPO = "{REPO}"' in uploaded and "ORG/NAME" not in uploaded
+    assert 'REPO = "ORG/NAME"' in local and uploaded.replace(REPO, "ORG/NAME") != local  # only that line differs
+    assert [a for a, b in zip(uploaded.splitlines(), local.splitlines(), strict=True) if a != b] == \
+        [f'REPO = "{REPO}"  # or the path of a local copy']
     assert repo.tags[f"build-{build}"] == repo.branches["main"]
     assert {a for _, a in hub.auth} == {f"Bearer {TOKEN}"}, hub.auth  # the token reached the hub, nothing else did
     out = _assert_no_token(capfd, caplog)
@@ -454,6 +475,30 @@ def test_another_build_goes_to_its_own_branch(folder, hub, capfd, caplog):
     assert repo.tree(f"build-{build}") == {".gitattributes": b"*.parquet filter=lfs\n", **_files(folder)}
     assert repo.tags == {}  # the branch is named after the build already
     assert f"went to branch build-{build}" in _assert_no_token(capfd, caplog)
+
+
+def test_a_no_derivatives_source_stops_the_upload_unless_allowed(restricted, hub, capfd, caplog):
+    head = card.front_matter((restricted / "README.md").read_text())
+    assert head["license"] == "cc-by-nc-nd-4.0" and not head["simulforge"]["synthesized"]
+
+    # A dry run names the problem and says the upload would stop.
+    assert publish.main([str(restricted), "--repo-id", REPO, "--dry-run"]) == 0
+    out = _assert_no_token(capfd, caplog)
+    assert "warning: the sources' licenses forbid sharing this build without permission:" in out
+    assert "mustc: its license cc-by-nc-nd-4.0 forbids sharing adapted material" in out
+    assert "  - fleurs" not in out  # CC BY allows adaptations
+    assert "an upload would stop at the license warning above unless given --allow-no-derivatives" in out
+
+    # The upload stops before any request reaches the hub.
+    assert publish.main([str(restricted), "--repo-id", REPO]) == 1
+    err = _assert_no_token(capfd, caplog)
+    assert "nothing uploaded: pass --allow-no-derivatives only if the rights holders allow you" in err
+    assert hub.auth == [] and REPO not in hub.repos
+
+    # With the publisher's word for it, it goes ahead.
+    assert publish.main([str(restricted), "--repo-id", REPO, "--allow-no-derivatives"]) == 0
+    assert hub.repos[REPO].tree("main") == {".gitattributes": b"*.parquet filter=lfs\n", **_files(restricted)}
+    assert "mustc: its license cc-by-nc-nd-4.0" in _assert_no_token(capfd, caplog)  # still said
 
 
 def test_token_is_masked_in_errors(folder, hub, capfd, caplog):

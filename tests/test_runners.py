@@ -70,3 +70,15 @@ def test_local_profiles_download_nothing_and_run_on_the_runner_they_name(profile
     assert seen["runners"] == [named]
     assert "Prism" not in proc.stderr
     assert not (home / ".apache_beam").exists()
+
+
+def test_unknown_beam_flags_are_refused_with_beam_s_closest_flag():
+    """Beam only logs "Unparseable argument" and runs without the flag; we refuse it before any work."""
+    fine = ["--runner=FnApiRunner", "--direct_num_workers=2", "--job_endpoint", "embed", "--save_main_session",
+            *runners.beam_args("dataflow", [], ["--project=p", "--temp_location=gs://b/t"])]
+    assert runners.unknown_flags(fine) == []
+    assert runners.unknown_flags(["--direct_num_worker=2", "--foo_bar=1", "--flink_mastr", "h", "stray"]) == [
+        "--direct_num_worker=2 (did you mean --direct_num_workers?)", "--foo_bar=1 (no Beam option has this name)",
+        "--flink_mastr (did you mean --flink_master?)", "stray (not a --flag=value)"]
+    with pytest.raises(ConfigError, match=r"^unknown Beam flag: --direct_num_worke=2 \(did you mean --direct_num_workers\?\)$"):
+        runners.validate(runners.beam_args("direct-mp", [], ["--direct_num_worke=2"]), {"output": "out"})

@@ -3,6 +3,7 @@
 1. eflomal aligns a language's whole corpus at once (it learns from the corpus's own
    distinct sentence pairs, plus any extra parallel text), in both directions; the two
    directions are symmetrised with grow-diag-final-and and projected from tokens to words.
+   Its sampler is seeded from the corpus and the settings, so the links are reproducible.
 2. A cut between source words is *monotone* when no link crosses it; the target cut that
    goes with it is the first target word not linked to the left part. Cuts must be monotone
    for every target language, so where one language forces a merge, all take the coarser
@@ -18,11 +19,13 @@ Target chunks are spans of the reference translation: nothing is invented.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import os
 import re
+import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -157,9 +160,9 @@ def align_corpus(
     A pair that repeats (one sentence recorded by several speakers) is aligned once and every
     copy gets its links: copies add eflomal time but no evidence, only weight on the links
     sampled for them.
-    eflomal seeds itself from /dev/urandom and takes no seed, so two runs differ; with a
-    `cache_dir` the links of a corpus are kept (keyed by its text and the settings) and a
-    re-run of the same corpus gets the same links, hence the same chunks.
+    The links are a function of the pairs, `extra` and the settings (see `_run_eflomal`), so a
+    fresh run gets the same links as the last; with a `cache_dir` they are kept (keyed by the
+    same) and a re-run skips eflomal.
     """
     distinct = list(dict.fromkeys(pairs))
     found = dict(zip(distinct, _align_distinct(distinct, settings, extra, cache_dir), strict=True))
@@ -191,8 +194,6 @@ def _align_distinct(
 def _align_corpus(
     pairs: Sequence[tuple[str, str]], settings: EflomalSettings, extra: Sequence[tuple[str, str]]
 ) -> list[set[Link]]:
-    import eflomal
-
     tokenised = [(alignment_tokens(s), alignment_tokens(t)) for s, t in pairs]
     usable = [k for k, ((s, _), (t, _)) in enumerate(tokenised) if s and t]
     extra_lines = [
@@ -205,23 +206,92 @@ def _align_corpus(
         return result
     src_lines = [" ".join(tokenised[k][0][0]) for k in usable] + [s for s, _ in extra_lines]
     tgt_lines = [" ".join(tokenised[k][1][0]) for k in usable] + [t for _, t in extra_lines]
-    aligner = eflomal.Aligner(
-        model=settings.model,
-        n_samplers=settings.n_samplers,
-        n_iterations=settings.iterations(len(src_lines)),
-        null_prior=settings.null_prior,
-    )
-    with tempfile.TemporaryDirectory(prefix="simulforge-eflomal-") as tmp:
-        fwd_path, rev_path = os.path.join(tmp, "fwd"), os.path.join(tmp, "rev")
-        aligner.align(
-            src_lines, tgt_lines, links_filename_fwd=fwd_path, links_filename_rev=rev_path, quiet=True
-        )
-        fwd, rev = _read_links(fwd_path), _read_links(rev_path)
+    fwd, rev = _run_eflomal(src_lines, tgt_lines, settings)
     for n, k in enumerate(usable):
         (_, src_word), (_, tgt_word) = tokenised[k]
         token_links = grow_diag_final_and(fwd[n], rev[n])
         result[k] = {(src_word[i], tgt_word[j]) for i, j in token_links}
     return result
+
+
+# -- eflomal, seeded ----------------------------------------------------------------------------
+#
+# eflomal's binary seeds its sampler from 8 bytes of /dev/urandom and has no seed option. We run a
+# copy of it whose path string "/dev/urandom" is renamed to SEED_FILE (the same length), a file in
+# its working folder holding a seed made from the corpus and the settings. Its OpenMP threads split
+# that seed among the samplers in the order they ask, so the samplers run one after another
+# (OMP_NUM_THREADS "<n>,1": the two directions may still run side by side, each from its own seed).
+# Same corpus, settings and binary, same links.
+
+URANDOM = b"/dev/urandom\0"
+SEED_FILE = "eflomal.seed"  # as long as "/dev/urandom", so the patched binary keeps every offset
+
+
+def eflomal_binary() -> str:
+    """The eflomal executable the installed package runs."""
+    import shutil
+
+    import eflomal
+
+    path = os.path.join(os.path.dirname(eflomal.__file__), "bin", "eflomal")
+    found = path if os.path.isfile(path) else shutil.which("eflomal")
+    if not found:
+        raise RuntimeError(f"the eflomal binary is neither at {path} nor on PATH: reinstall eflomal")
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def seeded_binary(path: str) -> bytes:
+    """The bytes of eflomal's binary at `path`, reading its seed from SEED_FILE instead of /dev/urandom."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.count(URANDOM) != 1:
+        raise RuntimeError(f"{path}: expected the string /dev/urandom once in eflomal's binary, found it "
+                           f"{data.count(URANDOM)} times; this eflomal build cannot be seeded")
+    return data.replace(URANDOM, SEED_FILE.encode() + b"\0")
+
+
+def eflomal_seed(src_lines: Sequence[str], tgt_lines: Sequence[str], settings: EflomalSettings) -> bytes:
+    """The sampler's 8-byte state: a hash of what eflomal is given (never 0, which xorshift cannot leave)."""
+    h = hashlib.sha256(json.dumps([list(src_lines), list(tgt_lines), dataclasses.asdict(settings)]).encode())
+    seed = h.digest()[:8]
+    return seed if any(seed) else b"\x01" + seed[1:]
+
+
+def _omp_threads() -> str:
+    """Threads per level: the environment's for the two directions, one for the samplers within each."""
+    outer = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return f"{outer if outer.isdigit() and int(outer) > 0 else 2},1"
+
+
+def _run_eflomal(src_lines: list[str], tgt_lines: list[str], settings: EflomalSettings
+                 ) -> tuple[list[set[Link]], list[set[Link]]]:
+    """Forward and reverse token links of every line pair, from one seeded eflomal run."""
+    import eflomal
+
+    n_iters = settings.iterations(len(src_lines))
+    with tempfile.TemporaryDirectory(prefix="simulforge-eflomal-") as tmp:
+        binary, src, tgt, fwd, rev = (os.path.join(tmp, n) for n in ("eflomal", "src", "tgt", "fwd", "rev"))
+        with open(binary, "wb") as f:
+            f.write(seeded_binary(eflomal_binary()))
+        os.chmod(binary, 0o700)
+        with open(os.path.join(tmp, SEED_FILE), "wb") as f:
+            f.write(eflomal_seed(src_lines, tgt_lines, settings))
+        with open(src, "wb") as s, open(tgt, "wb") as t:  # eflomal's own input format, as its Aligner writes it
+            eflomal.Aligner().prepare_files(src_lines, s, tgt_lines, t, None, None)
+        args = [binary, "-m", str(settings.model), "-s", src, "-t", tgt, "-n", str(settings.n_samplers),
+                "-N", str(settings.null_prior), "-f", fwd, "-r", rev, "-q"]
+        for model, n in enumerate(n_iters[:settings.model], 1):
+            args += [f"-{model}", str(n)]
+        try:
+            done = subprocess.run(args, cwd=tmp, capture_output=True, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": _omp_threads()})
+        except PermissionError:
+            raise RuntimeError(f"cannot run eflomal from {tmp}: is the temporary folder mounted noexec? "
+                               "Point TMPDIR at a folder that allows programs") from None
+        if done.returncode != 0 or "/dev/urandom" in done.stderr:
+            raise RuntimeError(f"eflomal failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
+        return _read_links(fwd), _read_links(rev)
 
 
 def read_parallel(path: str) -> list[tuple[str, str]]:

@@ -28,6 +28,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
+from .progress import Recorder
 from .records import Reject, Stat
 
 OUT, REJECTS, STATS = "out", "rejects", "stats"
@@ -61,11 +62,13 @@ class StageFn(beam.DoFn):
 
     def setup(self):
         self.counters = {k: Metrics.counter(self.stage, k) for k in ("in", "out", "rejected")}
+        self.progress = Recorder(self.stage)  # live progress for the launcher (transforms/progress.py)
         if self._setup is not None:
             self.state = self._setup()
 
     def start_bundle(self):
         self.sums: dict[tuple[str, str], float] = defaultdict(float)
+        self.progress.start()
 
     def process(self, element, *side_inputs):
         if self.mode == "grouped":
@@ -76,7 +79,7 @@ class StageFn(beam.DoFn):
             args, taken = (element,), len(element) if self.mode == "batch" else 1
         if self._setup is not None:
             args = (*args, self.state)
-        for item in tally(self.stage, self.fn(*args, *side_inputs), taken, self.carries):
+        for item in self.progress.watch(tally(self.stage, self.fn(*args, *side_inputs), taken, self.carries), taken):
             if isinstance(item, Reject):
                 self.counters["rejected"].inc()
                 Metrics.counter(self.stage, f"rejected/{item.reason}").inc()
@@ -89,6 +92,7 @@ class StageFn(beam.DoFn):
                 yield item
 
     def finish_bundle(self):
+        self.progress.finish()
         for (stage, name), value in self.sums.items():
             yield beam.pvalue.TaggedOutput(STATS, GlobalWindows.windowed_value(Stat(stage, name, value)))
 

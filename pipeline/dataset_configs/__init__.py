@@ -4,7 +4,8 @@ record becomes rows, and what the card shows of it.
 A config module has `NAME`; `SOURCE`, the step (pipeline/steps.py) whose records it publishes;
 `enabled(settings)`; `features(settings)`, the `datasets.Features` of its shards;
 `rows(record, settings)`, the rows of one record; and for the dataset card `ROW` (what one row
-is), `USAGE` (a line of Python on a loaded row, `{lang}` filled in), `LANGUAGE_COLUMN` (a struct
+is), `COLUMNS` (each column's unit and meaning, pipeline/columns.py; every column needs one),
+`USAGE` (a line of Python on a loaded row, `{lang}` filled in), `LANGUAGE_COLUMN` (a struct
 with a field per language), `FIGURE_COLUMNS` and `add_figures(table, figures, langs, published)`
 (what one shard adds to the card's figures).
 """

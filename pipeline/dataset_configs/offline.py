@@ -30,6 +30,29 @@ def enabled(settings) -> bool:
     return NAME in settings.configs  # always: the config validation requires it
 
 
+# The card's column table (pipeline/columns.py): path -> (unit, meaning); the type comes from the features
+# below. <lang> is each target language's field. Every column needs an entry: the tests check it.
+COLUMNS = {
+    "id": ("", "utterance id, `<corpus>/<the corpus's own clip id>`; unique in the build"),
+    "corpus": ("", "the corpus the clip comes from: `mustc`, `covost` or `fleurs`"),
+    "audio": ("", "the clip, mono, stored once as FLAC; `datasets` decodes it to a torchcodec `AudioDecoder`: "
+                  "`.get_all_samples()` gives `.data`, a float32 tensor (1, samples) in [-1, 1], and `.sample_rate`"),
+    "duration": ("s", "length of the clip"),
+    "speaker": ("", "the corpus's speaker id (MuST-C `speaker_id`, Common Voice `client_id`, FLEURS: the "
+                    "recording's own id, as FLEURS names no speakers); an opaque id, never a name"),
+    "source_lang": ("", "the language of `audio` and `source_text`: always `en`"),
+    "source_text": ("", "the English transcript as the corpus ships it (composed to Unicode NFC, zero-width "
+                        "characters removed: see `fixes`)"),
+    "translation": ("", "one field per target language"),
+    "translation.<lang>": ("", "the corpus's reference translation into `<lang>`; null where this utterance has "
+                               "none in that language"),
+    "fixes": ("", "every change made to what the corpus shipped, one phrase each (`resampled 44100->16000`, "
+                  "`source text normalised to NFC`, ...); empty when nothing was changed"),
+    "embedding": ("", "the embedding teacher's vector of `source_text`, L2-normalised to length 1 (see "
+                      "*Embedding* below); present when the embed stage ran"),
+}
+
+
 def offline_features(langs: list[str], sampling_rate: int, embedding_dim: int | None = None) -> datasets.Features:
     features = {
         "id": datasets.Value("string"),

@@ -82,6 +82,24 @@ def _chunks(seg: Segmentation, lang: str) -> list[str] | None:
     return list(seg.target_chunks[lang]) if lang in seg.target_chunks else None
 
 
+# The card's column table (pipeline/columns.py): path -> (unit, meaning); <lang> is each target language's field.
+COLUMNS = {
+    "id": ("", "the utterance id, as in `offline` and `simulst`"),
+    "latency": ("", "the latency level of this row (`low`, `medium`, `high`, ...): one row per utterance and level"),
+    "source_chunks": ("", "the source text cut into chunks; joined with spaces they give the source text"),
+    "target_chunks": ("", "one field per target language"),
+    "target_chunks.<lang>": ("", "the reference translation cut into as many chunks, chunk k translating source "
+                                 "chunk k; null where the utterance has no translation into `<lang>`"),
+    "text": ("", "one field per target language"),
+    "text.<lang>": ("", f"the read/write training string: `c1{END_OF_READ}t1{END_OF_WRITE} "
+                        f"c2{END_OF_READ}t2{END_OF_WRITE} ...` (source chunk, then its translation); null "
+                        "where the language is missing"),
+    "offline": ("", "one field per target language"),
+    "offline.<lang>": ("", f"the offline sample in the same format, one chunk: `<source>{END_OF_READ}<reference>"
+                           f"{END_OF_WRITE}`, the reference being the corpus's translation; null where missing"),
+}
+
+
 def simulmt_features(languages: list[str]) -> Features:
     strings = List(Value("string"))
     return Features(
