@@ -26,7 +26,7 @@ import numpy as np
 import soundfile as sf
 
 from simulforge.transforms import pairing, rooms, simulate
-from simulforge.transforms.records import AudioRef, Conversation, Utterance
+from simulforge.transforms.records import AudioRef, Conversation, Segmentation, Timing, Utterance
 
 GOAL_X_REALTIME = 40.0
 
@@ -46,14 +46,24 @@ def speech_like_flac(seconds: float, seed: int, fs: int) -> bytes:
     return buffer.getvalue()
 
 
-def utterances(count: int, speakers: int, fs: int, clips: Path) -> list[Utterance]:
+def aligned(utt: Utterance, level: str) -> Utterance:
+    """The utterance as the align stage leaves it (simulate reads aligned utterances): its words spread
+    over the clip, and one chunk at `level`."""
+    words = utt.source_text.split()
+    step = utt.duration_s / len(words)
+    timed = [(w, i * step, (i + 1) * step) for i, w in enumerate(words)]
+    seg = Segmentation(level, [utt.source_text], {lang: [t] for lang, t in utt.translations.items()})
+    return utt.replace(segmentations={level: seg}, timing=Timing(timed, {level: [timed[-1][2]]}))
+
+
+def utterances(count: int, speakers: int, fs: int, clips: Path, level: str) -> list[Utterance]:
     """Synthetic utterances, their clips written into `clips` as the audio stage leaves them."""
     rng = np.random.default_rng(0)
     out = []
     for i in range(count):
         flac = speech_like_flac(rng.uniform(2.0, 10.0), i, fs)
         (clips / f"{i}.flac").write_bytes(flac)
-        out.append(Utterance(
+        out.append(aligned(Utterance(
             id=f"bench/{i:05d}",
             corpus="bench",
             split="train",
@@ -63,7 +73,7 @@ def utterances(count: int, speakers: int, fs: int, clips: Path) -> list[Utteranc
             source_text=f"utterance {i}",
             translations={"de": f"Äußerung {i}"},
             duration_s=sf.info(io.BytesIO(flac)).duration,  # as the audio stage sets it
-        ))
+        ), level))
     return out
 
 
@@ -92,7 +102,8 @@ def main() -> None:
     plans = [
         p
         for p in pairing.plan_conversations(
-            "train", 0, utterances(args.conversations * 6, 12, fs, Path(clips.name)), settings)
+            "train", 0, utterances(args.conversations * 6, 12, fs, Path(clips.name), settings.sot.latency_level),
+            settings)
         if isinstance(p, pairing.ConversationPlan)
     ][: args.conversations]
     specs = simulate.room_pool(settings)

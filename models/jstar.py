@@ -7,7 +7,11 @@ The fast encoder is a block-causal streaming encoder with short blocks (low late
 transcript); the slow encoder is stacked on its output and attends within blocks several fast
 blocks long (more context for the translation). Each task has its own LSTM predictor and
 joiner (transducer.py); loss = lam * ASR + (1 - lam) * ST, both RNN-T (task `joint`). Targets are
-SOT strings with speaker tokens (`<SELF> hi <OTHER> hello`), so one output stream carries who said what.
+SOT strings with speaker tokens, so one output stream carries who said what, in word order as the
+paper has them (the curate default, `simulate.sot.mode: word`): both speakers' words by when each
+ends, a token at each change of speaker (`<SELF> how are <OTHER> fine <SELF> you`), so a streaming
+transducer is never asked for a word it has not heard yet. The joint task checks that order on the
+data before training (`order: word`); `order: any` trains on utterance-level SOT as well.
 
 The slow encoder, ST predictor and ST joiner can first learn text-to-text translation as a
 transducer (task `mt`, `mt_loss`): source tokens are embedded in place of fast-encoder frames.
@@ -21,11 +25,13 @@ the transducer's own policy (write when a transducer emits a non-blank symbol).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from simulforge.eval.agent import TRANSCRIPT, Agent, DecodeOptions, Emit
+from simulforge.training.config import ConfigError
 from simulforge.training.data import audio_channels, get, pad
 from simulforge.training.tasks import Task, batch_features
 
@@ -208,6 +214,17 @@ class Jstar(nn.Module):
 
 
 # -- training ------------------------------------------------------------------------------------
+WORD_START = "\u2581"  # sentencepiece's mark of a space (and of the text's start) before a piece
+
+
+def with_word_start(tokens) -> list[str]:
+    """The speaker tokens, and each again as a word's start. A speaker token follows a space (or starts
+    the text), so with only its bare form sentencepiece spells each change of speaker as two pieces,
+    "▁" and the token; with its word-start form too it is one, and still decodes with its spaces. Word-order
+    SOT changes speaker often, and a transducer must spend a step on every piece."""
+    return [*tokens, *(WORD_START + t for t in tokens)]
+
+
 @dataclass
 class JointOptions:
     language: str = "de"
@@ -215,6 +232,9 @@ class JointOptions:
     translation: str = "sot_translation"  # {lang: SOT translation} (offline config: translation)
     speaker_tokens: list[str] = field(default_factory=lambda: ["<SELF>", "<OTHER>"])
     prefix: str = ""  # prepended to both targets, e.g. "<SELF> " for single-talker offline rows
+    # word: the transcript must be in word order, checked on every row with word times (`words`, listed by
+    # end time) before training; any: train on what the column holds (e.g. utterance-level SOT)
+    order: Literal["word", "any"] = "word"
 
 
 class JointTask(Task):
@@ -233,12 +253,27 @@ class JointTask(Task):
         found = audio_channels(ds)
         self.take_from_data("channels", found, source, f"the audio of {source} has {found} channel(s)")
         self.mono = found == 1
+        if self.opts.order == "word" and "words" in ds.column_names:
+            self._check_word_order(ds.select_columns(["id", self.opts.transcript.split(".")[0], "words"]), source)
+
+    def _check_word_order(self, rows, source: str) -> None:
+        """Each transcript's words, speaker tokens left out, are the row's `words` in their order (by end time)."""
+        tokens = set(self.opts.speaker_tokens)
+        for row in rows:
+            if not row["words"]:
+                continue  # no word times to check against
+            said = [w for w in (get(row, self.opts.transcript) or "").split() if w not in tokens]
+            if said != [w["word"] for w in row["words"]]:
+                raise ConfigError(
+                    f"{self.where}: {self.opts.transcript} of row {row['id']} in {source} is not in word order "
+                    f"(its words differ from the `words` column's, which lists them by end time): curate with "
+                    f"simulate.sot.mode=word, or set options.order: any to train on it as it is")
 
     def text_columns(self):
         return self.columns()[1:]
 
     def specials(self):
-        return list(self.opts.speaker_tokens)
+        return with_word_start(self.opts.speaker_tokens)
 
     def keep(self, row):
         return bool(get(row, self.opts.transcript)) and bool(get(row, f"{self.opts.translation}.{self.opts.language}"))
@@ -342,7 +377,7 @@ class JstarFamily(Family):
     policies = ("transducer", "offline")
     eval_config = "conversations"
     transcribes = True
-    speaker_tokens = tuple(JointOptions().speaker_tokens)
+    speaker_tokens = tuple(with_word_start(JointOptions().speaker_tokens))  # both forms are tags
 
     def finalize(self, cfg: JstarConfig, tok) -> None:
         cfg.vocab_size, cfg.blank_id = tok.vocab_size, tok.pad_id

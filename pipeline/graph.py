@@ -1,8 +1,8 @@
 """The Beam graph of `curate`: the planned steps (steps.py), each dataset config published from
 its source step, and every stage's rejects and stats written beside the shards.
 
-Segment and simulate branch off the embedded utterances, so a clip that cannot be segmented or
-aligned still appears in `offline`. `build` returns each stage's parent so the report can check
+Segment reads the embedded utterances and simulate the aligned ones, so a clip that cannot be
+segmented or aligned still appears in `offline` (but in no conversation). `build` returns each stage's parent so the report can check
 that counts carry over.
 """
 

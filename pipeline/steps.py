@@ -1,7 +1,6 @@
 """The steps of the curate graph: each stage, the step it reads from, and what a run reports of it.
 
-read → join → audio → embed ─┬─ segment ── align
-                              └─ simulate
+read → join → audio → embed → segment → align → simulate
 
 A dataset config (dataset_configs/) publishes the records of its `SOURCE` step; a run builds
 the steps its configs need, and a step that does not run (embed when it is off) hands its
@@ -15,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..settings import ConfigError
 from ..transforms import align, embed, files, segment
 from ..transforms.align import Align
 from ..transforms.audio import attach_audio
@@ -27,7 +27,14 @@ from ..transforms.simulate import PAIRING_STAGE, Simulate
 from ..transforms.simulate import STAGE as RENDER
 from ..transforms.stage import run_stage
 from .config import CurateSettings
-from .summaries import align_summary, segment_card_section, segment_summary
+from .summaries import (
+    align_card_section,
+    align_summary,
+    segment_card_section,
+    segment_summary,
+    simulate_card_section,
+    simulate_summary,
+)
 
 
 def _always(settings: CurateSettings) -> bool:
@@ -77,6 +84,14 @@ def _audio(utts, s: CurateSettings):
     return run_stage(utts, "audio", audio)
 
 
+def _simulate(utts, s: CurateSettings):
+    sot = s.simulate.sot
+    if sot.mode == "word" and sot.latency_level not in s.segment.levels:
+        raise ConfigError(f"simulate.sot.latency_level: {sot.latency_level!r} is not one of segment.levels "
+                          f"{s.segment.levels}")
+    return utts | "Simulate" >> Simulate(s.simulate)
+
+
 # -- What the run reports of them ----------------------------------------------------------------
 
 
@@ -102,8 +117,11 @@ def _teacher(s: CurateSettings) -> dict[str, str]:
 
 def _simulation(s: CurateSettings) -> dict[str, str]:
     sim = s.simulate
+    sot = f"SOT in {sim.sot.mode} order" + (f" (translations at level {sim.sot.latency_level})"
+                                               if sim.sot.mode == "word" else "")
     return {"simulation": f"{sim.array.preset} array, RT60 {sim.room.rt60_s} s, SNR {sim.mix.snr_db} dB, "
-                          f"target overlap {sim.turn_taking.target_overlap_ratio}, seed {sim.seed}"}
+                          f"target overlap {sim.turn_taking.target_overlap_ratio}, seed {sim.seed}; {sot}; "
+                          f"aligned utterances only"}
 
 
 STEPS = (
@@ -114,12 +132,15 @@ STEPS = (
          systemic=segment.SYSTEMIC_REASONS, section="segment", summary=_of_sums(segment_summary),
          card=segment_card_section, info=_segmenter),
     Step("align", "segment", lambda utts, s: utts | "Align" >> Align(s.align), systemic=align.SYSTEMIC_REASONS,
-         fixes=("word_times_clamped",), section="align", summary=_of_sums(align_summary), info=_aligner),
+         fixes=("word_times_clamped",), section="align", summary=_of_sums(align_summary), card=align_card_section,
+         info=_aligner),
     Step("embed", "audio", lambda utts, s: utts | "Embed" >> Embed(s.embed), runs=lambda s: s.embed.enabled,
          systemic=embed.SYSTEMIC_REASONS, section="embedding_teacher", summary=lambda s, sums: teacher_info(s.embed),
          info=_teacher),
-    Step("simulate", "embed", lambda utts, s: utts | "Simulate" >> Simulate(s.simulate),
-         stages=(PAIRING_STAGE, RENDER), info=_simulation),
+    # Word-level SOT needs word times: conversations are made of aligned utterances.
+    Step("simulate", "align", _simulate, stages=(PAIRING_STAGE, RENDER), section="simulate",
+         summary=lambda s, sums: None if sums is None else simulate_summary(s.simulate.sot, sums),
+         card=simulate_card_section, info=_simulation),
 )
 BY_NAME = {step.name: step for step in STEPS}
 

@@ -89,8 +89,8 @@ def test_in_process_publishes_every_config(curated, demo_root):
     assert conv["sot_text"].startswith(("<SELF>", "<OTHER>"))
     assert "cc-by-nc-nd-4.0" in card
     # A build and nothing of the run that made it: no staging folder, lock or swap journal.
-    assert sorted(p.name for p in out.iterdir()) == [".simulforge-build", "README.md", "data", "plots",
-                                                     "rejected.jsonl", "stats.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".simulforge-build", "README.md", "curate.yaml", "data",
+                                                     "plots", "rejected.jsonl", "stats.json"]
 
 
 def check_simulst(out, stats, offline, truth_file):

@@ -282,7 +282,7 @@ def test_disabled_embed_passes_utterances_through():
     settings = config.load(overrides=["embed.enabled=false"])
     planned = {p.step.name: p for p in steps.plan(settings, dataset_configs.enabled(settings))}
     assert "embed" not in planned and planned["segment"].parent.name == "audio"
-    assert planned["simulate"].parent.name == "audio" and offline in planned["audio"].configs
+    assert planned["simulate"].parent.name == "align" and offline in planned["audio"].configs
     assert "embedding" not in offline.features(settings)
     on = config.load()
     assert steps.plan(on, dataset_configs.enabled(on))[3].step.name == "embed"

@@ -25,7 +25,15 @@ from pyannote.metrics.diarization import DiarizationErrorRate
 from simulforge.pipeline.dataset_configs import conversations as conversations_config
 from simulforge.settings import ConfigError
 from simulforge.transforms import pairing, rooms, simulate, sot
-from simulforge.transforms.records import AudioRef, Conversation, Reject, Stat, Utterance
+from simulforge.transforms.records import (
+    AudioRef,
+    Conversation,
+    Reject,
+    Segmentation,
+    Stat,
+    Timing,
+    Utterance,
+)
 from simulforge.transforms.stage import tally
 
 FS = 16000
@@ -64,6 +72,18 @@ def _with_clip(utt: Utterance, data: bytes) -> Utterance:
     return utt.replace(audio=AudioRef(str(path)))
 
 
+def _aligned(utt: Utterance) -> Utterance:
+    """The utterance as the align stage leaves it: its words spread evenly over the clip, and one
+    latency level (the default `simulate.sot.latency_level`) of two chunks."""
+    words = utt.source_text.split()
+    step = utt.duration_s / len(words)
+    timed = [(w, round(i * step, 3), round((i + 0.9) * step, 3)) for i, w in enumerate(words)]
+    level = simulate.load_settings().sot.latency_level
+    seg = Segmentation(level, [" ".join(words[:2]), " ".join(words[2:])],
+                       {lang: [" ".join(t.split()[:-1]), t.split()[-1]] for lang, t in utt.translations.items()})
+    return utt.replace(segmentations={level: seg}, timing=Timing(timed, {level: [timed[1][2], timed[-1][2]]}))
+
+
 def _utterances(
     count: int, speakers: int, seconds=(1.0, 3.0), split="train", silent=False
 ) -> list[Utterance]:
@@ -83,7 +103,7 @@ def _utterances(
             translations={"de": f"deutsche Worte {i}", "es": f"palabras {i}"},
             duration_s=len(audio) / FS,
         )
-        out.append(_with_clip(utt, _flac(audio)))
+        out.append(_aligned(_with_clip(utt, _flac(audio))))
     return out
 
 
@@ -270,9 +290,63 @@ def test_a_speaker_left_with_utterances_gets_them_rejected_as_unpaired():
                             "group 3 did")
 
 
+def test_utterances_without_word_times_are_left_out_with_their_reason():
+    """Conversations are made of aligned utterances: one without word times (or without the latency
+    level its translations are ordered by) is rejected, and the others are still paired."""
+    settings = simulate.load_settings(FAST)
+    good = _utterances(8, speakers=2)
+    unaligned = good[0].replace(id="x/unaligned", timing=None, where="a.tsv:3")
+    unlevelled = good[1].replace(id="x/no_level", segmentations={})
+    items = _pair("train", 0, [*good, unaligned, unlevelled], settings)
+    taken, out, rejects = _balance(items)
+    assert taken == 10 == out + len(rejects)
+    by_id = {r.id: r for r in rejects}
+    assert (by_id["x/unaligned"].reason, by_id["x/unaligned"].where) == ("not_aligned", "a.tsv:3")
+    assert "align stage" in by_id["x/unaligned"].detail
+    assert by_id["x/no_level"].reason == "no_latency_level" and "'medium'" in by_id["x/no_level"].detail
+    placed = {t.utterance.id for p in items if isinstance(p, pairing.ConversationPlan) for t in p.turns}
+    assert len(placed) >= 7 and not placed & {"x/unaligned", "x/no_level"}
+    # Utterance order needs no latency level, but word times all the same (the row publishes them).
+    by_utterance = simulate.load_settings({**FAST, "sot": {"mode": "utterance"}})
+    _, _, rejects = _balance(_pair("train", 0, [*good, unaligned, unlevelled], by_utterance))
+    assert {r.id: r.reason for r in rejects if r.reason != "unpaired"} == {"x/unaligned": "not_aligned"}
+
+
+def test_utterance_mode_keeps_utterance_level_sot():
+    settings = simulate.load_settings({**FAST, "sot": {"mode": "utterance"}})
+    word = simulate.load_settings(FAST)
+    tokens = settings.labels.tokens()
+    # A conversation whose turns overlap enough for word order to differ from utterance order.
+    plan = next(p for p in _plans(_utterances(12, speakers=2), settings)
+                if sot.labels(p.timed_turns(), tokens, word.sot).reordered)
+    conversation, _ = _render(plan, settings)
+    segments = plan.segments()
+    assert conversation.sot_text == sot.sot_text(segments, tokens)
+    assert conversation.sot_translations == sot.sot_translations(segments, tokens)
+    by_word = _render(plan, word)[0]
+    assert conversation.words == by_word.words  # the same word times in either mode
+    assert conversation.sot_text != by_word.sot_text
+
+
+def test_simulation_reads_aligned_utterances():
+    """simulate's parent is align: `conversations` alone (with offline) still runs segment and align;
+    a latency level the segment stage does not make is refused when the graph is built."""
+    from simulforge.pipeline import config, dataset_configs, steps
+
+    settings = config.load(overrides=["configs=[offline,conversations]"])
+    planned = steps.plan(settings, dataset_configs.enabled(settings))
+    order = [p.step.name for p in planned]
+    assert order.index("segment") < order.index("align") < order.index("simulate")
+    assert next(p for p in planned if p.step.name == "simulate").parent.name == "align"
+    bad = config.load(overrides=["configs=[offline,conversations]", "simulate.sot.latency_level=fastest"])
+    with pytest.raises(ConfigError, match=r"simulate.sot.latency_level: 'fastest' is not one of segment.levels"):
+        steps.BY_NAME["simulate"].build(None, bad)
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [
+        ({"sot": {"mode": "token"}}, "mode"),
         ({"pairing": {"turns": [1, 4]}}, "turns"),
         ({"turn_taking": {"overlap_probability": 1.5}}, "overlap_probability"),
         ({"turn_taking": {"target_overlap_ratio": 0.8}}, "target_overlap_ratio"),
@@ -294,8 +368,14 @@ def test_rendered_conversation_audio_labels_and_levels():
     audio, fs = sf.read(io.BytesIO(conversation.flac), dtype="float32")
     assert fs == FS and audio.shape == (plan.duration_ms() * FS // 1000, 7) and conversation.channels == 7
     assert conversation.segments == plan.segments()
-    assert sot.split_sot(conversation.sot_text, settings.labels.tokens())[0][0] == plan.turns[0].role
-    assert set(conversation.sot_translations) == {"de", "es"}
+    labels = sot.labels(plan.timed_turns(), settings.labels.tokens(), settings.sot)
+    assert settings.sot.mode == "word" and conversation.sot_text == labels.sot_text
+    assert conversation.sot_translations == labels.sot_translations and set(labels.sot_translations) == {"de", "es"}
+    assert conversation.words == labels.words and len(conversation.words) == sum(
+        len(t.utterance.source_text.split()) for t in plan.turns)
+    sot_stats = {s.name: s.value for s in items if isinstance(s, Stat) and s.stage == simulate.SOT_STATS}
+    assert sot_stats["conversations"] == 1 and sot_stats["words"] == len(conversation.words)
+    assert sot_stats["wait_ms/word"] == 0 and sot_stats["wait_ms/utterance"] == sum(labels.waits_ms["utterance"])
     room = conversation.room
     assert (
         json.loads(json.dumps(room)) == room and room["snr_db"] == 40.0 and len(room["mic_positions_m"]) == 7
@@ -372,6 +452,7 @@ def test_rows_load_with_datasets_and_decode_to_channels_by_samples(tmp_path):
     assert first["sot_text"] == conversations[0].sot_text
     assert first["sot_translation"] == {**conversations[0].sot_translations, "fr": None}
     assert first["segments"][0]["speaker"] in (sot.SELF, sot.OTHER)
+    assert first["words"] == conversations[0].words and first["words"]
     assert first["room"]["dims_m"] == conversations[0].room["dims_m"]
     rttm = tmp_path / "first.rttm"
     rttm.write_text(first["rttm"])
@@ -381,6 +462,25 @@ def test_rows_load_with_datasets_and_decode_to_channels_by_samples(tmp_path):
     uem = Timeline([truth.get_timeline().extent()])
     der = DiarizationErrorRate(collar=0.0, skip_overlap=False)(truth, load_rttm(rttm)[plans[0].id], uem=uem)
     assert der == pytest.approx(0.0, abs=1e-9)
+    # Each published word lies inside a turn of its speaker, and the SOT tokens say who spoke it.
+    for w in first["words"]:
+        assert any(t.role == w["speaker"] and t.start_ms <= 1000 * w["start_s"] <= 1000 * w["end_s"]
+                   <= t.start_ms + t.duration_ms for t in plans[0].turns), w
+    pieces = sot.split_sot(first["sot_text"], settings.labels.tokens())
+    assert [role for role, text in pieces for _ in text.split()] == [w["speaker"] for w in first["words"]]
+
+
+def _digester():
+    def digest(conversation: Conversation) -> str:
+        labels = [conversation.sot_text, conversation.sot_translations, conversation.words]
+        return hashlib.sha256(conversation.flac + json.dumps(labels, sort_keys=True).encode()).hexdigest()
+
+    return digest
+
+
+# The audio and the labels of a conversation; a closure, which Beam's workers get by value (they cannot
+# import this test module).
+_digest = _digester()
 
 
 def _run_beam(utterances, settings, out_dir, options):
@@ -391,7 +491,7 @@ def _run_beam(utterances, settings, out_dir, options):
         )
         (
             conversations
-            | beam.Map(lambda c: json.dumps([c.id, hashlib.sha256(c.flac).hexdigest()]))
+            | beam.Map(lambda c: json.dumps([c.id, _digest(c)]))
             | beam.io.WriteToText(str(out_dir / "digests"))
         )
         (
@@ -441,7 +541,7 @@ def test_multi_process_runner_gives_the_in_process_bytes(tmp_path, monkeypatch):
         groups.setdefault(key, []).append(utt)
     plans = [p for (split, group), members in groups.items() for p in _plans(members, settings, split, group)]
     assert len(plans) >= 3 and sums[simulate.STAGE, "in"] == len(plans)
-    assert digests == {p.id: hashlib.sha256(_render(p, settings)[0].flac).hexdigest() for p in plans}
+    assert digests == {p.id: _digest(_render(p, settings)[0]) for p in plans}
 
 
 def test_disabled_stage_produces_nothing():

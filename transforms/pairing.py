@@ -24,7 +24,7 @@ import soundfile as sf
 from ..settings import ConfigError
 from . import rooms, sot
 from .audio import clip_file
-from .records import Reject, Stat, Utterance
+from .records import Reject, StageError, Stat, Utterance
 
 if TYPE_CHECKING:
     from .simulate import SimulateSettings
@@ -107,10 +107,12 @@ class ConversationPlan:
     room_index: int
     snr_db: float
 
+    def timed_turns(self) -> list[tuple[str, int, int, Utterance]]:
+        """(role, start ms, end ms, utterance) of each turn, as sot.py takes them."""
+        return [(t.role, t.start_ms, t.start_ms + t.duration_ms, t.utterance) for t in self.turns]
+
     def segments(self) -> list[dict[str, Any]]:
-        return sot.segment_table(
-            (t.role, t.start_ms, t.start_ms + t.duration_ms, t.utterance) for t in self.turns
-        )
+        return sot.segment_table(self.timed_turns())
 
     def duration_ms(self) -> int:
         return max(t.start_ms + t.duration_ms for t in self.turns)
@@ -232,6 +234,10 @@ def _usable_duration_ms(utt: Utterance, settings: SimulateSettings) -> tuple[int
             "too_long",
             f"{duration_ms / 1000:.3f} s is over half of pairing.max_length_s ({settings.pairing.max_length_s} s)",
         )
+    try:
+        sot.check_timed(utt, duration_ms, settings.sot)
+    except StageError as e:
+        return 0, (e.reason, e.detail)
     return duration_ms, None
 
 

@@ -6,8 +6,12 @@ Two pure steps, each a stage of its own that balances (in == out + rejected):
    and plans conversations between two speakers; it counts utterances, each landing in a
    conversation or rejected with a reason such as `unpaired` or `too_few_speakers`.
 2. `simulate/render`: `render_conversation` turns a plan into audio (RIRs of a pooled room, FFT
-   convolution, diffuse noise, optional beams, loudness and clipping guard), FLAC and labels;
-   it counts planned conversations.
+   convolution, diffuse noise, optional beams, loudness and clipping guard), FLAC and labels
+   (sot.py: SOT in word or utterance order, the timed words); it counts planned conversations.
+
+The utterances come from the align stage: word-level SOT needs their word times, so an utterance
+that segment or align rejected is in no conversation (counted in those stages' rejects), and one
+that arrives without them is rejected here (`not_aligned`) rather than serialized in utterance order.
 """
 
 from __future__ import annotations
@@ -33,10 +37,13 @@ from .pairing import (
     group_key,
     plan_conversations,
 )
-from .records import Conversation, Reject, Stat, Utterance
+from .records import Conversation, Reject, StageError, Stat, Utterance
 from .stage import run_stage
 
 STAGE = "simulate/render"  # counts planned conversations; PAIRING_STAGE counts utterances
+# How the SOT targets came out (word order against utterance order), filed under the step's own name,
+# where pipeline/summaries.py reads them into stats.json's `simulate` section.
+SOT_STATS = "simulate"
 _ROLE_INDEX = {sot.SELF: 0, sot.OTHER: 1}  # source order in the RIRs
 _DRY_RMS = 0.05  # every clip enters the room at this level, so the geometry alone sets who is louder
 
@@ -53,6 +60,7 @@ class SimulateSettings:
     partner: rooms.PartnerSettings
     mix: rooms.MixSettings
     labels: sot.LabelSettings
+    sot: sot.SotSettings
     beamformer: rooms.BeamformerSettings
 
     def validate(self, where: str) -> None:
@@ -93,6 +101,11 @@ def render_conversation(
     room_specs: list[rooms.RoomSpec],
 ) -> Iterator[Conversation | Reject | Stat]:
     """Audio and labels of one planned conversation (the per-record function of the stage)."""
+    try:
+        labels = sot.labels(plan.timed_turns(), settings.labels.tokens(), settings.sot)
+    except StageError as e:  # pairing checked every utterance, so this is a fault of the stage
+        yield e.reject(plan.id, STAGE)
+        return
     fs = settings.sampling_rate
     samples = plan.duration_ms() * fs // 1000
     tracks = np.zeros((2, samples), np.float32)
@@ -142,10 +155,9 @@ def render_conversation(
         yield Stat(STAGE, "clipping_guard")
 
     segments = plan.segments()
-    tokens = settings.labels.tokens()
-    translations = sot.sot_translations(segments, tokens)
-    for lang in sorted({lang for s in segments for lang in s["translations"]} - set(translations)):
+    for lang in sorted({lang for s in segments for lang in s["translations"]} - set(labels.sot_translations)):
         yield Stat(STAGE, f"sot_translation/incomplete/{lang}")
+    yield from _sot_stats(labels)
     yield Stat(STAGE, "audio_s", samples / fs)
     yield Stat(STAGE, "overlap_s", sot.overlap_s(segments))
     yield Conversation(
@@ -161,10 +173,21 @@ def render_conversation(
             "channel_names": settings.channel_names(),
         },
         segments=segments,
-        sot_text=sot.sot_text(segments, tokens),
-        sot_translations=translations,
+        sot_text=labels.sot_text,
+        sot_translations=labels.sot_translations,
         flac=_flac(channels, fs),
+        words=labels.words,
     )
+
+
+def _sot_stats(labels: sot.Labels) -> Iterator[Stat]:
+    yield Stat(SOT_STATS, "conversations")
+    yield Stat(SOT_STATS, "words", len(labels.words))
+    if labels.reordered:
+        yield Stat(SOT_STATS, "reordered")
+    for order, waits in labels.waits_ms.items():
+        yield Stat(SOT_STATS, f"wait_ms/{order}", sum(waits))
+        yield Stat(SOT_STATS, f"waiting_words/{order}", sum(w > 0 for w in waits))
 
 
 def _flac(channels: np.ndarray, sampling_rate: int) -> bytes:

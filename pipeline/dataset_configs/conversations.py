@@ -2,7 +2,10 @@
 
 `audio` is the C-channel FLAC, which `datasets` decodes to (channels, samples); per-language
 columns are structs with one field per requested language, so the schema is the same in every
-shard (a language a conversation lacks is null).
+shard (a language a conversation lacks is null). `sot_text` and `sot_translation` follow
+`simulate.sot.mode` (transforms/sot.py); `words` lists every word of both speakers with its
+speaker and conversation times, in word order (by end time), for speaker-attributed and
+time-constrained scoring.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from .. import plots
 
 NAME = "conversations"
 SOURCE = "simulate"
-ROW = ("one simulated two-talker conversation: multi-channel audio, SOT transcript and translations, room, "
-       "RTTM")
+ROW = ("one simulated two-talker conversation: multi-channel audio, SOT transcript and translations (time-ordered "
+       "by default), every word's speaker and times, room, RTTM")
 USAGE = 'row["audio"].get_all_samples().data.shape, row["sot_text"]'
 LANGUAGE_COLUMN = "sot_translation"
 FIGURE_COLUMNS = ("room", "segments")
@@ -30,6 +33,51 @@ FIGURE_COLUMNS = ("room", "segments")
 
 def enabled(settings) -> bool:
     return NAME in settings.configs and settings.simulate.enabled
+
+
+# The card's column table (pipeline/columns.py): path -> (unit, meaning); the type comes from the features
+# below. <lang> is each target language's field. Every column needs an entry: the tests check it.
+COLUMNS = {
+    "id": ("", "conversation id, `<split>/conv-<hash of its turns>`"),
+    "split": ("", "the split the conversation belongs to; its turns all come from that split"),
+    "duration": ("s", "length of the conversation: the end of its last turn"),
+    "audio": ("", "the multi-channel mix as FLAC, one channel per `room.channel_names` entry (microphones, then "
+                  "any beamformer outputs); decodes to a float32 tensor (channels, samples)"),
+    "segments": ("", "the turns, one per utterance spoken, by start time"),
+    "segments[].speaker": ("", "who speaks the turn: `SELF` (wears the array) or `OTHER` (the partner)"),
+    "segments[].source_speaker": ("", "the corpus's speaker id of the utterance (as `speaker` in `offline`)"),
+    "segments[].start_s": ("s", "where the turn starts in the conversation"),
+    "segments[].end_s": ("s", "where the turn ends in the conversation"),
+    "segments[].utterance_id": ("", "the `id` of the utterance in `offline` and `simulst`"),
+    "segments[].text": ("", "the turn's English transcript"),
+    "segments[].translations": ("", "one field per target language"),
+    "segments[].translations.<lang>": ("", "the turn's reference translation; null where it has none"),
+    "sot_text": ("", "serialized output training (SOT) transcript of both speakers, a speaker token (see "
+                     "*Special tokens*) before each change of speaker, in the order `simulate.sot.mode` says"),
+    "sot_translation": ("", "one field per target language"),
+    "sot_translation.<lang>": ("", "the SOT translation, same tokens and order; null where a turn of the "
+                                   "conversation has no translation into `<lang>`"),
+    "words": ("", "every word of both speakers, by when it ends in the conversation"),
+    "words[].word": ("", "the word as written in the turn's `text`"),
+    "words[].speaker": ("", "`SELF` or `OTHER`"),
+    "words[].start_s": ("s", "where the word starts in the conversation"),
+    "words[].end_s": ("s", "where the word ends in the conversation"),
+    "room": ("", "the simulated room and array (pyroomacoustics image-source model)"),
+    "room.index": ("", "the room's index in the run's room pool"),
+    "room.array": ("", "the microphone array preset (`glasses`, `circular` or `custom`)"),
+    "room.dims_m": ("m", "room length, width, height"),
+    "room.rt60_s": ("s", "reverberation time RT60 the room was built for"),
+    "room.absorption": ("", "energy absorption coefficient of every surface, in [0, 1] (inverse Sabine)"),
+    "room.max_order": ("", "image-source reflection order simulated"),
+    "room.mic_positions_m": ("m", "each microphone's x, y, z in the room"),
+    "room.source_positions_m": ("", "the two talkers' mouths"),
+    "room.source_positions_m.self": ("m", "x, y, z of SELF's mouth"),
+    "room.source_positions_m.other": ("m", "x, y, z of OTHER's mouth"),
+    "room.snr_db": ("dB", "signal-to-noise ratio of OTHER's speech against the diffuse background noise"),
+    "room.channel_names": ("", "the name of each audio channel, in order (`mic0`, ..., `beam_self`)"),
+    "rttm": ("", "who speaks when, as RTTM text: one `SPEAKER` line per turn (onset and duration in seconds), "
+                 "labelled `SELF` or `OTHER`"),
+}
 
 
 def _per_language(languages: Sequence[str]) -> dict[str, Value]:
@@ -54,11 +102,13 @@ def conversation_features(languages: Sequence[str], sampling_rate: int) -> Featu
         {
             "id": Value("string"),
             "split": Value("string"),
-            "duration": Value("float64"),
+            "duration": Value("float32"),  # as in offline: one type per meaning
             "audio": Audio(sampling_rate=sampling_rate),
             "segments": List(segment),
             "sot_text": Value("string"),
             **translations,
+            "words": List({"word": Value("string"), "speaker": Value("string"), "start_s": Value("float64"),
+                           "end_s": Value("float64")}),
             "room": {
                 "index": Value("int32"),
                 "array": Value("string"),
@@ -76,6 +126,7 @@ def conversation_features(languages: Sequence[str], sampling_rate: int) -> Featu
     )
 
 
+_WORD_FIELDS = ("word", "speaker", "start_s", "end_s")
 _SEGMENT_SCALARS = ("speaker", "source_speaker", "start_s", "end_s", "utterance_id", "text")
 
 
@@ -101,6 +152,7 @@ def row(conversation: Conversation, languages: Sequence[str]) -> dict[str, Any]:
         "segments": [_segment(s, languages) for s in conversation.segments],
         "sot_text": conversation.sot_text,
         **translations,
+        "words": [{k: w[k] for k in _WORD_FIELDS} for w in conversation.words],
         "room": conversation.room,
         "rttm": rttm_text(conversation.id, conversation.segments),
     }
