@@ -14,7 +14,7 @@ import pytest
 from apache_beam.testing.util import assert_that
 
 from simulforge.pipeline.dataset_configs.simulst import row, simulst_features
-from simulforge.pipeline.summaries import align_summary
+from simulforge.pipeline.summaries import align_card_section, align_summary
 from simulforge.transforms.align import (
     ERROR_BUCKET_MS,
     Align,
@@ -118,7 +118,7 @@ def test_word_boundaries_are_accurate_against_the_true_times(run, record_propert
     assert error["clips"] == len(run["good"]) and error["unmatched_clips"] == 0
     assert error["boundaries"] == 2 * summary["words"]  # every word's start and end
     # Spreading the words over the clip by their letters, a broken aligner's guess, scores
-    # about 67 / 163 ms here; this aligner about 17 / 39 ms.
+    # about 67 / 163 ms here; this aligner about 13 / 26 ms (17 / 39 before issue 19).
     assert error["mean"] < 40 and error["p90"] < 80
 
 
@@ -189,7 +189,12 @@ def test_simulst_rows_load_with_datasets(run, tmp_path):
     assert low["speech_seg_size"][-1] <= n and len(low["labels"]) == -(-low["speech_seg_size"][-1] // block)
     assert sum(low["labels"]) == len(set(low["speech_seg_size"])) and low["labels"][-1] == 1
     assert first["words"][0] == {"word": utt.timing.words[0][0], "start": pytest.approx(utt.timing.words[0][1]),
-                                 "end": pytest.approx(utt.timing.words[0][2])}
+                                 "end": pytest.approx(utt.timing.words[0][2]),
+                                 "confidence": pytest.approx(utt.timing.word_confidence[0])}
+    # Confidence: per clip and per word, from 0 to 1, for every aligned row.
+    assert first["alignment_confidence"] == pytest.approx(utt.timing.confidence)
+    assert all(0 <= r["alignment_confidence"] <= 1 and all(0 <= w["confidence"] <= 1 for w in r["words"])
+               for r in loaded)
     assert first["monotonicity"] == {level: {lang: None for lang in LANGS} for level in LEVELS}
 
 
@@ -219,6 +224,22 @@ def test_the_training_sample_is_bounded_and_the_same_however_the_input_is_split(
     kept = [e for e in entries if e.utt.id in set(whole)]
     assert sum(e.duration_s for e in kept) <= 60.0
     assert max(e.priority for e in kept) < min(e.priority for e in entries if e.utt.id not in set(whole))
+
+
+def test_the_summary_and_the_card_show_the_confidence_distribution(run):
+    summary = align_summary(run["sums"])
+    c = summary["confidence"]
+    aligned = [u.timing.confidence for u in run["out"]]
+    assert c["clips"] == len(aligned) and c["mean"] == pytest.approx(np.mean(aligned), abs=1e-3)
+    assert sum(c["clips_per_tenth"]) == len(aligned)
+    assert c["clips_per_tenth"] == np.histogram(np.minimum(aligned, 0.999), bins=10, range=(0, 1))[0].tolist()
+    # quantiles from the 0.01-wide histogram: within a bucket of the exact ones
+    assert c["p50"] == pytest.approx(np.percentile(aligned, 50), abs=0.011)
+    assert c["below_0.05"] == pytest.approx(np.mean(np.asarray(aligned) < 0.05), abs=1e-4)
+    card = align_card_section(summary)
+    assert "### Alignment confidence" in card and f"Over {len(aligned)} aligned clips" in card
+    assert "| clips | " + " | ".join(map(str, c["clips_per_tenth"])) + " |" in card
+    assert align_card_section(align_summary({"in": 1, "out": 1})) == ""  # an aligner without confidence: nothing
 
 
 def test_align_summary_reads_percentiles_from_the_histogram():

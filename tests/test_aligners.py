@@ -61,7 +61,7 @@ def test_a_voice_espeak_lacks_is_a_clear_error():
 
 def test_frames_stand_for_their_own_stretch_of_audio():
     s = FeatureSettings(frame_shift_ms=10, window_ms=25, num_mel_bins=23, num_ceps=13, preemphasis=0.97,
-                        delta_window=2)
+                        delta_window=2, dereverb_rt60_s=1.0, dereverb_delay_ms=30, dereverb_floor_db=-15)
     audio = np.zeros(RATE, np.float32)
     audio[8000:] = 0.3 * np.sin(np.arange(8000) * 0.3)  # sound from 0.5 s exactly
     assert mfcc(audio, RATE, s).shape == (100, 39)

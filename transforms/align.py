@@ -9,8 +9,10 @@ Shape (docs/architecture.md §1, EASiST §3.1):
 2. Alignment runs per record in parallel, in batches of the backend's size.
 3. Per utterance, `finish` turns the word timings into `Timing(words, chunk_end_s)` per
    latency level, checks the chunk times (increasing, inside the clip, the last ending by
-   the clip's end), writes the TextGrid and CTM side files when asked, and compares with
-   the true word times when a truth file is given. Anything that fails is a Reject.
+   the clip's end), keeps the aligner's confidence (per clip and per word, published in
+   `simulst`; its distribution goes to stats.json and the card), writes the TextGrid and CTM
+   side files when asked, and compares with the true word times when a truth file is given.
+   Anything that fails is a Reject.
 
 pipeline/summaries.py reads the stage's summed stats into the `align` section of stats.json.
 """
@@ -51,6 +53,7 @@ STAGE = "align"
 SYSTEMIC_REASONS = frozenset({"no_model", "aligner_missing"})
 ERROR_BUCKET_MS = 5  # width of the boundary-error histogram's buckets (for p50 / p90)
 ERROR_BUCKETS = 200  # the last bucket holds every error of 995 ms and more
+CONFIDENCE_BUCKETS = 100  # of the clips' alignment confidence, each 0.01 wide
 
 
 @dataclass
@@ -100,8 +103,9 @@ def analysis_frame_s(s: ForcedAlignSettings) -> float:
     return frame_shift_s(s.mfa) if s.backend == "mfa" else s.features.frame_shift_ms / 1000
 
 
-def timing_of(utt: Utterance, words: list[tuple[str, float, float]]) -> Timing:
-    """The utterance's Timing: its words and, per latency level, its chunks' end times (checked)."""
+def timing_of(utt: Utterance, words: list[tuple[str, float, float]], aligned: Aligned | None = None) -> Timing:
+    """The utterance's Timing: its words and, per latency level, its chunks' end times (checked),
+    with the aligner's confidence when it gives one."""
     if " ".join(spoken_words(utt.source_text)) != " ".join(w for w, _, _ in words):
         raise StageError("aligner_words_differ", "the aligner's words are not the source text's")
     ends = {}
@@ -110,7 +114,10 @@ def timing_of(utt: Utterance, words: list[tuple[str, float, float]]) -> Timing:
             raise StageError("chunks_do_not_match_text", f"the {level} chunks do not rebuild the source text")
         ends[level] = chunk_end_times(words, seg.source_chunks)
         check_chunk_times(ends[level], utt.duration_s)
-    return Timing(words=list(words), chunk_end_s=ends)
+    confidence, word_confidence = (aligned.confidence, aligned.word_confidence) if aligned else (None, None)
+    if word_confidence is not None and len(word_confidence) != len(words):
+        raise StageError("aligner_words_differ", f"{len(word_confidence)} word confidences for {len(words)} words")
+    return Timing(words=list(words), chunk_end_s=ends, confidence=confidence, word_confidence=word_confidence)
 
 
 def boundary_errors_ms(words: list[tuple[str, float, float]], truth: list) -> list[float] | None:
@@ -130,6 +137,13 @@ def error_stats(errors: list[float]) -> Iterator[Stat]:
         buckets[k] = buckets.get(k, 0) + 1
     for k, n in buckets.items():
         yield Stat(STAGE, f"error/bucket/{k:03d}", n)
+
+
+def confidence_stats(confidence: float) -> Iterator[Stat]:
+    """The clip's confidence into a histogram of CONFIDENCE_BUCKETS equal buckets over [0, 1]."""
+    yield Stat(STAGE, "confidence/clips")
+    yield Stat(STAGE, "confidence/sum", confidence)
+    yield Stat(STAGE, f"confidence/bucket/{min(int(confidence * CONFIDENCE_BUCKETS), CONFIDENCE_BUCKETS - 1):03d}")
 
 
 def side_files(utt: Utterance, timing: Timing) -> dict[str, str]:
@@ -164,11 +178,13 @@ def finish(element: tuple[Utterance, Outcome], truth: dict[str, list] | None,
         yield Stat(STAGE, "aligner/retried")
     words, fixes = clamp_to_clip(outcome.result.words, utt.duration_s, frame_s)
     try:
-        timing = timing_of(utt, words)
+        timing = timing_of(utt, words, outcome.result)
     except StageError as e:
         yield e.reject(utt.id, STAGE, utt.where)
         return
     yield Stat(STAGE, "words", len(timing.words))
+    if timing.confidence is not None:
+        yield from confidence_stats(timing.confidence)
     if fixes:
         yield Stat(STAGE, "word_times_clamped")
     if truth is not None and utt.id in truth:

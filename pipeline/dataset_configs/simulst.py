@@ -5,7 +5,8 @@ every latency level:
                      seconds), speech_seg_size (cumulative samples read before writing each
                      chunk: its end rounded up to an encoder block, see timing.py) and labels
                      (one per block read: 0 read, 1 write), as EASiST trains on them
-  words              [{word, start, end}] from forced alignment
+  words              [{word, start, end, confidence}] from forced alignment
+  alignment_confidence  the clip's fit to its transcript, 0 to 1 (null where the aligner gives none)
   block_samples      the encoder block the sizes and labels were computed for
   monotonicity       <level>.<lang>: the chunked pair's crossing rate as the segment stage
                      measured it (null where it was not measured)
@@ -29,6 +30,7 @@ from datasets import Features, List, Value
 from ...transforms.records import Utterance
 from ...transforms.timing import policy_labels, speech_seg_sizes
 from .. import plots
+from .offline import COLUMNS as OFFLINE_COLUMNS
 from .offline import embedding_dim, offline_features, offline_row
 
 NAME = "simulst"
@@ -42,6 +44,51 @@ FIGURE_COLUMNS = (LEVELS,)
 
 def enabled(settings) -> bool:
     return NAME in settings.configs
+
+
+# The card's column table (pipeline/columns.py): the offline columns and these; <level> is each latency
+# level's field, <lang> each target language's.
+COLUMNS = {
+    **OFFLINE_COLUMNS,
+    "block_samples": ("samples", "the encoder block, at the audio's rate, that `speech_seg_size` and `labels` "
+                                 "were computed for (`align.block_samples`)"),
+    "latency": ("", "one field per latency level, lowest latency (most, shortest chunks) first; a level "
+                    "never has more chunks than the one before it"),
+    "latency.<level>": ("", "this level's chunking of the utterance; null where the utterance has none"),
+    "latency.<level>.source_chunks": ("", "the source text cut into chunks; joined with spaces they give "
+                                          "`source_text`"),
+    "latency.<level>.target_chunks": ("", "one field per target language"),
+    "latency.<level>.target_chunks.<lang>": ("", "the reference translation cut into as many chunks, chunk k "
+                                                 "translating source chunk k (spans of the reference, nothing "
+                                                 "invented); null where the language is missing"),
+    "latency.<level>.chunk_end_s": ("s", "where each source chunk's last word ends in the clip (forced "
+                                         "alignment)"),
+    "latency.<level>.speech_seg_size": ("samples", "per chunk, the samples read before writing it: its end "
+                                                   "rounded up to a whole block of `block_samples`, at most the "
+                                                   "clip's length; cumulative, so non-decreasing"),
+    "latency.<level>.labels": ("", "the read/write policy per encoder block read: 1 where a chunk ends in "
+                                   "that block (write it), 0 where the model reads on; "
+                                   "ceil(last `speech_seg_size` / `block_samples`) labels"),
+    "words": ("", "every word of `source_text` with its forced-aligned times, in order"),
+    "words[].word": ("", "the word as written in `source_text`"),
+    "words[].start": ("s", "where the word starts in the clip"),
+    "words[].end": ("s", "where the word ends in the clip"),
+    "words[].confidence": ("", "how well the audio fits the word's aligned phones, 0 to 1: the share of the "
+                               "words of held-out clips (kept out of the aligner's training; its training clips "
+                               "when the sample is too small to spare them) that fit no better, by mean "
+                               "per-frame log-likelihood lost against the best-fitting phone state; null where "
+                               "the aligner gives none (mfa)"),
+    "alignment_confidence": ("", "the same for the whole clip, against held-out clips: 0.5 is a typical clip; "
+                                 "filter on it (e.g. >= 0.05) to drop the clips that fit their transcript worst "
+                                 "(a partly wrong transcript, poor audio); it says little about how precise the "
+                                 "word times are"),
+    "monotonicity": ("", "per latency level and language, how monotone the chunked pair is"),
+    "monotonicity.<level>": ("", "one field per target language"),
+    "monotonicity.<level>.<lang>": ("", "crossing rate in [0, 1]: of the comparable pairs of word links, the "
+                                        "share whose source words lie in different chunks and are translated "
+                                        "in the opposite order, from an independent re-alignment (0: "
+                                        "monotone); null where not measured"),
+}
 
 
 def simulst_features(languages: Sequence[str], levels: Sequence[str], sampling_rate: int,
@@ -58,7 +105,9 @@ def simulst_features(languages: Sequence[str], levels: Sequence[str], sampling_r
     features.update({
         "block_samples": Value("int32"),
         "latency": {name: level for name in levels},
-        "words": List({"word": Value("string"), "start": Value("float64"), "end": Value("float64")}),
+        "words": List({"word": Value("string"), "start": Value("float64"), "end": Value("float64"),
+                       "confidence": Value("float64")}),
+        "alignment_confidence": Value("float64"),
         "monotonicity": {name: {lang: Value("float64") for lang in languages} for name in levels},
     })
     return features
@@ -91,11 +140,18 @@ def row(utt: Utterance, languages: Sequence[str], levels: Sequence[str], *, bloc
     out.update({
         "block_samples": block_samples,
         "latency": latency,
-        "words": [{"word": w, "start": s, "end": e} for w, s, e in utt.timing.words],
+        "words": [{"word": w, "start": s, "end": e, "confidence": c}
+                  for (w, s, e), c in zip(utt.timing.words, word_confidence(utt.timing), strict=True)],
+        "alignment_confidence": utt.timing.confidence,
         "monotonicity": {name: {lang: measured.get(name, {}).get(lang) for lang in languages}
                          for name in levels},
     })
     return out
+
+
+def word_confidence(timing) -> list[float | None]:
+    """Per word, the aligner's confidence, or None where it gives none."""
+    return list(timing.word_confidence) if timing.word_confidence is not None else [None] * len(timing.words)
 
 
 def features(settings) -> Features:

@@ -45,6 +45,10 @@ class Aligned:
 
     words: list[tuple[str, float, float]]
     retried: bool = False  # the first beam lost the path and a wider one found it
+    # How well the audio fits the words, from 0 (worst) to 1, for the clip and for each word; None where
+    # the backend gives none (the GMM backend: the share of held-out clips or words that fit no better).
+    confidence: float | None = None
+    word_confidence: list[float] | None = None
 
 
 @dataclass

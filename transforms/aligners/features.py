@@ -1,4 +1,5 @@
-"""MFCCs with deltas, framed so that frame t stands for the audio [t * shift, (t + 1) * shift).
+"""MFCCs with deltas, framed so that frame t stands for the audio [t * shift, (t + 1) * shift), with
+late reverberation taken out of the mel energies before the log (`dereverberated`).
 
 Centring each analysis window on its frame's own stretch of audio keeps a frame index and a
 time interchangeable, so a state change between frames t-1 and t is a boundary at t * shift
@@ -32,6 +33,9 @@ class FeatureSettings:
     num_ceps: int
     preemphasis: float
     delta_window: int  # frames each side in the delta regression
+    dereverb_rt60_s: float  # late reverberation suppressed as if rooms rang this long; 0: none
+    dereverb_delay_ms: float  # reverberation later than this after the sound counts as late
+    dereverb_floor_db: float  # no band of a frame is attenuated by more
 
     def validate(self, where: str) -> None:
         from ...settings import ConfigError
@@ -40,6 +44,9 @@ class FeatureSettings:
             raise ConfigError(f"{where}.frame_shift_ms: must be above 0 and at most window_ms")
         if not 0 < self.num_ceps <= self.num_mel_bins:
             raise ConfigError(f"{where}.num_ceps: must be between 1 and num_mel_bins")
+        if self.dereverb_rt60_s < 0 or self.dereverb_delay_ms < self.frame_shift_ms or self.dereverb_floor_db > 0:
+            raise ConfigError(f"{where}: dereverb_rt60_s must be >= 0, dereverb_delay_ms at least frame_shift_ms "
+                              f"and dereverb_floor_db <= 0")
 
 
 def frame_count(num_samples: int, rate: int, shift_ms: float) -> int:
@@ -128,10 +135,29 @@ def mfcc(samples: np.ndarray, rate: int, s: FeatureSettings) -> np.ndarray:
         chunks = _windows(x, starts[first : first + BLOCK] + lead, window, n_fft)
         spectrum = rfft(chunks, axis=1, overwrite_x=True)
         energies[first : first + BLOCK] = (np.square(spectrum.real) + np.square(spectrum.imag)) @ filters
+    if s.dereverb_rt60_s > 0:
+        energies = dereverberated(energies, s)
     ceps = np.log(np.maximum(energies, POWER_FLOOR)) @ _dct_matrix(s.num_mel_bins, s.num_ceps)
     ceps -= ceps.mean(axis=0)
     d1 = _deltas(ceps, s.delta_window)
     return np.hstack([ceps, d1, _deltas(d1, s.delta_window)])
+
+
+def dereverberated(energies: np.ndarray, s: FeatureSettings) -> np.ndarray:
+    """Mel energies less their late reverberation, by spectral subtraction (Lebart et al. 2001).
+
+    A room rings on after a sound, decaying by 60 dB in its RT60; what rings more than
+    `dereverb_delay_ms` later smears a phone into the next one and drags forced boundaries late.
+    That part is taken as the energy `dereverb_delay_ms` earlier, decayed over the delay, and
+    subtracted, each band of each frame losing at most `dereverb_floor_db`. The delay keeps the
+    direct sound and early reflections, which mark where a sound starts.
+    """
+    d = max(1, int(round(s.dereverb_delay_ms / s.frame_shift_ms)))
+    decay = np.float32(10 ** (-6 * d * s.frame_shift_ms / 1000 / s.dereverb_rt60_s))  # -60 dB per RT60
+    late = np.zeros_like(energies)
+    late[d:] = decay * energies[:-d]
+    gain = np.maximum(1 - late / np.maximum(energies, POWER_FLOOR), np.float32(10 ** (s.dereverb_floor_db / 10)))
+    return energies * gain
 
 
 def frame_levels_db(samples: np.ndarray, rate: int, shift_ms: float) -> np.ndarray:

@@ -38,6 +38,10 @@ class GmmModel:
     transitions: np.ndarray  # (pdfs, 2): log P(stay), log P(leave)
     shared: dict[str, str]  # rare phone -> the base phone whose model it uses
     mismatch_limit: float = np.inf
+    # Held-out fit that confidences are ranked against (`confidence`): quantiles of the clips' and
+    # the words' mean per-frame gaps; empty: no confidence.
+    clip_gap_quantiles: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    word_gap_quantiles: np.ndarray = field(default_factory=lambda: np.zeros(0))
     _scoring: tuple | None = field(default=None, repr=False, compare=False)
 
     def scoring(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -92,8 +96,10 @@ def word_graph(model: GmmModel, phones: list[tuple[str, ...]], s: GmmSettings) -
     return build_graph(_word_pdfs(model, phones), silence, s.silence_between_words)
 
 
-def align_features(model: GmmModel, frames: np.ndarray, graph: Graph, s: GmmSettings) -> Alignment:
-    """The forced alignment of `frames` (augmented features) to the graph's words."""
+def align_features(model: GmmModel, frames: np.ndarray, graph: Graph, s: GmmSettings, retry: bool = True
+                   ) -> Alignment:
+    """The forced alignment of `frames` (augmented features) to the graph's words; `retry`: with the
+    wider beam when the first loses the path."""
     words = int(graph.word.max()) + 1
     needed = int((graph.word >= 0).sum())
     if needed > len(frames):
@@ -103,11 +109,11 @@ def align_features(model: GmmModel, frames: np.ndarray, graph: Graph, s: GmmSett
     transitions = model.transitions[graph.pdf]
     path = viterbi(frames, graph, gaussians, sizes, transitions, s.acoustic_scale, s.beam)
     retried = path is None
-    if retried:
+    if retried and retry:
         path = viterbi(frames, graph, gaussians, sizes, transitions, s.acoustic_scale, s.retry_beam)
     if path is None:
         raise StageError("alignment_failed", f"no path through the {words} words within beam "
-                                             f"{s.retry_beam} over {len(frames)} frames")
+                                             f"{s.retry_beam if retry else s.beam} over {len(frames)} frames")
     return Alignment(graph.pdf[path], _word_frames(graph, path, words), retried)
 
 
@@ -121,27 +127,62 @@ def _word_frames(graph: Graph, path: np.ndarray, words: int) -> list[tuple[int, 
     return list(zip(first.tolist(), (last + 1).tolist(), strict=True))
 
 
-def mismatch(model: GmmModel, frames: np.ndarray, path_pdfs: np.ndarray) -> float:
-    """Mean per-frame log-likelihood the forced path loses against the best state of each frame
-    (of the states Gaussian selection picks: gmm.py's docstring says how)."""
+def frame_gaps(model: GmmModel, frames: np.ndarray, path_pdfs: np.ndarray) -> np.ndarray:
+    """Per frame, the log-likelihood the forced path loses against the best state there (of the
+    states Gaussian selection picks: gmm.py's docstring says how); never below 0."""
     gaussians, sizes, single = model.scoring()
-    return _mean_gap(frames, gaussians, sizes, path_pdfs, frames @ single.T, CANDIDATES)
+    return _gaps(frames, gaussians, sizes, path_pdfs, frames @ single.T, CANDIDATES)
+
+
+def mismatch(model: GmmModel, frames: np.ndarray, path_pdfs: np.ndarray) -> float:
+    """Mean per-frame log-likelihood the forced path loses against the best state of each frame."""
+    return float(frame_gaps(model, frames, path_pdfs).mean())
+
+
+def word_gaps(gaps: np.ndarray, word_frames: list[tuple[int, int]]) -> np.ndarray:
+    """Each word's mean per-frame gap over its own frames."""
+    return np.array([gaps[a:b].mean() for a, b in word_frames])
+
+
+QUANTILES = np.linspace(0.0, 1.0, 101)
+
+
+def gap_quantiles(gaps) -> np.ndarray:
+    """What a model keeps of a set of reference gaps to rank others against (`confidence`)."""
+    return np.quantile(np.asarray(gaps, float), QUANTILES) if len(gaps) else np.zeros(0)
+
+
+def confidence(gap: float, quantiles: np.ndarray) -> float | None:
+    """The share of the reference (held-out clips or words) that fit the model no better than a
+    clip or word of this gap: 0.5 is typical, 0.02 fits worse than 98 in 100. None without a reference."""
+    if not len(quantiles):
+        return None
+    lo, hi = np.searchsorted(quantiles, gap, side="left"), np.searchsorted(quantiles, gap, side="right")
+    if lo != hi:  # equal to a stretch of quantiles (many equal gaps): the middle of it
+        return round(float(1 - (QUANTILES[lo] + QUANTILES[hi - 1]) / 2), 4)
+    if lo == 0:
+        return 1.0
+    if lo == len(quantiles):
+        return 0.0
+    k = lo - 1
+    step = (gap - quantiles[k]) / (quantiles[k + 1] - quantiles[k])
+    return round(float(1 - (QUANTILES[k] + step * (QUANTILES[k + 1] - QUANTILES[k]))), 4)
 
 
 @numba.njit(cache=True)
-def _mean_gap(frames, gaussians, sizes, path_pdfs, rough, candidates) -> float:
-    """Mean over frames of the best score among the `candidates` pdfs of best `rough` score,
-    less the path pdf's score (never below 0: the path pdf is a candidate too)."""
+def _gaps(frames, gaussians, sizes, path_pdfs, rough, candidates) -> np.ndarray:
+    """Per frame, the best score among the `candidates` pdfs of best `rough` score, less the path
+    pdf's score (never below 0: the path pdf is a candidate too)."""
     top = np.arange(min(candidates, rough.shape[1]))
-    total = 0.0
+    out = np.empty(len(frames))
     for t in range(len(frames)):
         _top(rough, t, top)
         forced = best_component(frames, t, gaussians, path_pdfs[t], sizes[path_pdfs[t]])
         best = forced
         for p in top:
             best = max(best, best_component(frames, t, gaussians, p, sizes[p]))
-        total += best - forced
-    return total / len(frames)
+        out[t] = best - forced
+    return out
 
 
 @numba.njit(cache=True)

@@ -1,16 +1,29 @@
-"""Training a GMM-HMM model: Viterbi training from a flat start, then the mismatch limit from
-held-out clips (the module docstring of gmm.py describes the recipe)."""
+"""Training a GMM-HMM model: Viterbi training from a flat start with degraded copies of the clips,
+then the mismatch limit and the confidence references from held-out clips (the module docstring
+of gmm.py describes the recipe)."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..records import StageError
-from .gmm_model import SILENCE, Alignment, GmmModel, align_features, base_phone, mismatch, word_graph
+from . import Clip
+from .gmm_model import (
+    SILENCE,
+    Alignment,
+    GmmModel,
+    align_features,
+    base_phone,
+    frame_gaps,
+    gap_quantiles,
+    word_gaps,
+    word_graph,
+)
 from .viterbi import Graph, gaussian_weights
 
 if TYPE_CHECKING:
@@ -23,6 +36,7 @@ class TrainItem:
     frames: np.ndarray  # the features augmented (`augment`)
     phones: list[tuple[str, ...]]
     speech: np.ndarray  # per frame: loud enough to be speech (for the flat start)
+    clip: Clip  # the audio, for a degraded copy
 
 
 class _Estimator:
@@ -69,20 +83,24 @@ class _Estimator:
         self.means[j] = stats[:, d : 2 * d] / occ[:, None]
         self.vars[j] = np.maximum(stats[:, :d] / occ[:, None] - self.means[j] ** 2, self.floor)
 
-    def split(self, counts: np.ndarray, max_gaussians: int, min_frames: int) -> None:
-        """Double the components of each pdf its data can support, heaviest first."""
+    def split(self, counts: np.ndarray, max_gaussians: np.ndarray, min_frames: int, growth: np.ndarray) -> None:
+        """Multiply the components of each pdf by its growth (doubling the heaviest, as far as its
+        data can support), up to its maximum."""
         for j in range(len(self.means)):
             m = len(self.weights[j])
-            target = min(2 * m, max_gaussians, max(m, int(counts[j] // min_frames)))
-            heavy = np.argsort(-self.weights[j])[: target - m]
-            if len(heavy) == 0:
-                continue
-            offset = 0.2 * np.sqrt(self.vars[j][heavy])
-            self.means[j] = np.vstack([self.means[j], self.means[j][heavy] + offset])
-            self.means[j][heavy] -= offset
-            self.vars[j] = np.vstack([self.vars[j], self.vars[j][heavy]])
-            self.weights[j] = np.append(self.weights[j], self.weights[j][heavy] / 2)
-            self.weights[j][heavy] /= 2
+            target = min(int(growth[j]) * m, int(max_gaussians[j]), max(m, int(counts[j] // min_frames)))
+            while len(self.weights[j]) < target:
+                self._double(j, target)
+
+    def _double(self, j: int, target: int) -> None:
+        m = len(self.weights[j])
+        heavy = np.argsort(-self.weights[j])[: min(2 * m, target) - m]
+        offset = 0.2 * np.sqrt(self.vars[j][heavy])
+        self.means[j] = np.vstack([self.means[j], self.means[j][heavy] + offset])
+        self.means[j][heavy] -= offset
+        self.vars[j] = np.vstack([self.vars[j], self.vars[j][heavy]])
+        self.weights[j] = np.append(self.weights[j], self.weights[j][heavy] / 2)
+        self.weights[j][heavy] /= 2
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         m = max(len(w) for w in self.weights)
@@ -140,8 +158,22 @@ def holdout_split(n: int, fraction: float, minimum: int) -> np.ndarray:
     return held
 
 
-def train_model(lang: str, voice: str, items: list[TrainItem], s: GmmSettings) -> tuple[GmmModel, int]:
-    """The trained model, and how many items the last pass could not align.
+def degraded_copies(items: list[TrainItem], fraction: float, copy: Callable[[Clip], np.ndarray] | None
+                    ) -> list[np.ndarray | None]:
+    """Per item, the augmented frames of its degraded copy, for an evenly spread `fraction` of them."""
+    chosen = holdout_split(len(items), fraction, 1) if copy is not None else np.zeros(len(items), bool)
+    return [copy(item.clip) if c else None for item, c in zip(items, chosen, strict=True)]
+
+
+def train_model(lang: str, voice: str, items: list[TrainItem], s: GmmSettings,
+                copy: Callable[[Clip], np.ndarray] | None = None) -> tuple[GmmModel, int]:
+    """The trained model, and how many items the last pass could not align (within the first beam,
+    from `careful_from_pass` on).
+
+    With `copy` (clip -> augmented frames of it degraded), `s.degraded_copies` of the training
+    items also train as their copies: each frame of a copy takes the state the item's own
+    alignment gives that frame, as the copy keeps the item's timeline. Reverberation and noise
+    then land in the states of the phones that made them, instead of pulling the boundaries.
 
     The mismatch limit comes from the held-out items' gaps; a sample too small to spare
     `min_holdout` of them (test corpora) trains on all and takes the training items' gaps
@@ -155,23 +187,34 @@ def train_model(lang: str, voice: str, items: list[TrainItem], s: GmmSettings) -
     phones = [SILENCE] + sorted({p for item in items for word in item.phones for p in word})
     index = {p: i for i, p in enumerate(phones)}
     pdfs = len(phones) * s.states_per_phone
-    feats = np.concatenate([item.feats for item in items])
+    copies = degraded_copies(items, s.degraded_copies, copy)
+    feats = np.concatenate([item.feats for item in items])  # the variance floor's scale: the clips as they are
     estimator = _Estimator(pdfs, feats.shape[1], s.variance_floor * feats.var(0))
     labels = [_flat_start(item, index, s.states_per_phone) for item in items]
+    # Silence (phone 0) may have its own number of components; each split grows a pdf enough to reach
+    # its maximum over the scheduled splits.
+    most = np.full(pdfs, s.max_gaussians)
+    most[: s.states_per_phone] = s.silence_gaussians
+    growth = np.maximum(2, np.ceil(most ** (1 / max(len(s.split_at), 1)))).astype(int)
     model, graphs, failed = None, [], 0
     for step in range(s.passes + 1):
         if step:  # pass 0 estimates from the flat start
             graphs = graphs or [word_graph(model, item.phones, s) for item in items]  # the same every pass
-            aligned = [_try_align(model, item.frames, graph, s)
+            careful = step >= s.careful_from_pass  # a clip the first beam loses trains nothing: no retry
+            aligned = [_try_align(model, item.frames, graph, s, retry=not careful)
                        for item, graph in zip(items, graphs, strict=True)]
             failed = sum(a is None for a in aligned)
             labels = [a.path_pdfs if a is not None else None for a in aligned]
-        usable = [(item.frames, lab) for item, lab in zip(items, labels, strict=True) if lab is not None]
+        usable = [(f, lab) for item, twin, lab in zip(items, copies, labels, strict=True) if lab is not None
+                  for f in (item.frames, twin) if f is not None]
+        if not usable:
+            raise StageError("no_training_data", f"pass {step} aligned none of the {len(items)} {lang} training "
+                                                 f"clips within beam {s.beam}")
         frames = np.concatenate([f for f, _ in usable])
         flat = np.concatenate([lab for _, lab in usable])
         estimator.update(frames, flat, s.em_steps)
         if step in s.split_at:
-            estimator.split(np.bincount(flat, minlength=pdfs), s.max_gaussians, s.min_frames_per_gaussian)
+            estimator.split(np.bincount(flat, minlength=pdfs), most, s.min_frames_per_gaussian, growth)
             estimator.update(frames, flat, 1)
         log_w, means, variances = estimator.arrays()
         model = GmmModel(lang, voice, phones, s.states_per_phone, log_w, means, variances,
@@ -179,12 +222,17 @@ def train_model(lang: str, voice: str, items: list[TrainItem], s: GmmSettings) -
     # Held-out phones as spelled, as in alignment (_word_pdfs maps those training shared or never saw).
     pairs = ([(item, g) for item in scored if (g := _try_graph(model, item.phones, s)) is not None]
              if scored else zip(items, graphs, strict=True))
-    gaps = [mismatch(model, item.frames, a.path_pdfs) for item, graph in pairs
-            if (a := _try_align(model, item.frames, graph, s)) is not None]
+    gaps, per_word = [], []
+    for item, graph in pairs:
+        if (a := _try_align(model, item.frames, graph, s)) is not None:
+            frame = frame_gaps(model, item.frames, a.path_pdfs)
+            gaps.append(float(frame.mean()))
+            per_word.extend(word_gaps(frame, a.word_frames))
     if gaps:
         median = float(np.median(gaps))
         spread = float(np.median(np.abs(np.asarray(gaps) - median))) or 1.0
         model.mismatch_limit = median + (s.mismatch_mads if scored else s.training_mismatch_mads) * spread
+        model.clip_gap_quantiles, model.word_gap_quantiles = gap_quantiles(gaps), gap_quantiles(per_word)
     return model, failed
 
 
@@ -195,9 +243,10 @@ def _try_graph(model: GmmModel, phones: list[tuple[str, ...]], s: GmmSettings) -
         return None
 
 
-def _try_align(model: GmmModel, frames: np.ndarray, graph: Graph, s: GmmSettings) -> Alignment | None:
+def _try_align(model: GmmModel, frames: np.ndarray, graph: Graph, s: GmmSettings, retry: bool = True
+               ) -> Alignment | None:
     try:
-        return align_features(model, frames, graph, s)
+        return align_features(model, frames, graph, s, retry)
     except StageError:
         return None
 
