@@ -29,16 +29,25 @@ from simulforge.training.recipes import load_run
 from simulforge.training.tokenizer import prompt_ids
 
 from . import policies as P
-from . import report
+from . import report, sawer
 from .agent import TRANSCRIPT
 from .driver import Decoder
 from .instances import make_instance, to_words, write_instances
 from .quality import _SPEAKER_TAG
 
 
+def _trained_k(info: dict[str, Any], languages: list[str]) -> dict[str, int] | None:
+    """Each evaluated language's k in the run's last wait-k stage (run.yaml `waitk`), when every one
+    of them trained with a k (None: some trained offline, or the run predates the record)."""
+    trained = info.get("waitk") or {}
+    ks = {lang: trained.get(lang) for lang in languages}
+    return ks if ks and all(isinstance(v, int) for v in ks.values()) else None
+
+
 def evaluate_run(run_dir: str, data: str, *, split: str = "test", config: str | None = None,
                  languages: list[str] | None = None, policy: str | None = None, sweep: str | None = None,
-                 segment_ms: float = 40.0, limit: int | None = None, out: str | None = None, prompt: str | None = None,
+                 segment_ms: float = 40.0, limit: int | None = None, ids: str | None = None, out: str | None = None,
+                 prompt: str | None = None,
                  max_len: int = 200, device: str = "auto", k: dict[str, int] | None = None,
                  echo=print) -> dict[str, Any]:
     """Decode `split` under each setting of the policy and offline; write the logs, scores.json and plots."""
@@ -53,11 +62,17 @@ def evaluate_run(run_dir: str, data: str, *, split: str = "test", config: str | 
         settings.append(P.Offline())
     cache_dir = info["data"].get("cache_dir") or str(Path(run_dir) / "cache")
 
-    ds = D.open_split(data, config, split, cache_dir, limit)
+    ds = D.open_split(data, config, split, cache_dir, limit, ids)
     column, transcript = ("sot_translation", "sot_text") if config == "conversations" else ("translation",
                                                                                           "source_text")
     D.check_columns(ds, ["audio", "id", column] + ([transcript] if family.transcribes else []), "--data")
     languages = _languages(family, model, tok, languages, _dataset_languages(ds, column))
+    if k is None and sweep is None and (policy or family.policies[0]) == "waitk":
+        trained = _trained_k(info, languages)  # decode as the run trained: each language at its own k
+        if trained is not None and len(set(trained.values())) == 1:
+            settings[0] = P.parse(family.name, "waitk", f"k={trained[languages[0]]}", model.cfg)[0]
+        elif trained is not None and family.joint:
+            settings, k = settings[1:], trained
     if k is not None:
         own = family.languages(model, tok, _dataset_languages(ds, column), languages)
         settings.insert(0, P.per_language(family.name, policy, k, languages, own))
@@ -95,8 +110,11 @@ def evaluate_run(run_dir: str, data: str, *, split: str = "test", config: str | 
             path = out_dir / name / target / "instances.log"
             path.parent.mkdir(parents=True, exist_ok=True)
             write_instances(path, instances)
+            report.write_simuleval_config(path.parent)  # so that `simuleval --score-only --output` scores it
             targets[target] = report.score_log(path, transcript=target == TRANSCRIPT, speakers=bool(found)) | {
                 "log": str(path.relative_to(out_dir))}
+            if target == TRANSCRIPT:  # conversations: SA-WER per speaker, each word's delay from its true end
+                targets[target] |= sawer.score_log(path)
         if isinstance(setting, P.WaitKPerLanguage):  # no one value to plot against: each target has its k
             knob = {"param": None, "value": None, "k": setting.k}
         else:
@@ -168,8 +186,10 @@ def _decode(decoder: Decoder, ds, settings, references, detokenize: Callable[[li
                 if refs[target] is None:  # no translation into this language: nothing to score
                     continue
                 prediction, delays, elapsed = to_words(stream, detokenize, () if target == TRANSCRIPT else tag_ids)
-                logs[name][target].append(make_instance(index, prediction, delays, elapsed, refs[target], row["id"],
-                                                        decoded.source_ms))
+                instance = make_instance(index, prediction, delays, elapsed, refs[target], row["id"], decoded.source_ms)
+                if target == TRANSCRIPT and "words" in row:  # the true word times, for sawer.score_log
+                    instance[sawer.KEY] = sawer.reference_words(row["words"])
+                logs[name][target].append(instance)
     return logs, compute
 
 

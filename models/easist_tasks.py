@@ -12,6 +12,7 @@ position) and `Text` (token ids, which ones are predicted, policy labels) segmen
 
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass, field
 
@@ -122,22 +123,34 @@ class EasistSimulMtTask(_EasistTask):
     def text_columns(self):
         return [f"text.{lang}" for lang in self.langs] + [f"offline.{lang}" for lang in self.langs]
 
+    mt_level: str | None = None  # the level whose rows give the offline pair (None: any, before fit_to_data)
+
     def keep(self, row):
         return self.opts.levels is None or row["latency"] in self.opts.levels
+
+    def fit_to_data(self, ds, source: str) -> None:
+        """A simulmt row is one utterance at one latency level, and each carries the same offline pair: it is
+        taken from one level's rows only (the first of `levels`, or the level most rows have), so stage I
+        sees each MT pair once an epoch, not once per level."""
+        super().fit_to_data(ds, source)
+        if self.opts.levels:
+            self.mt_level = self.opts.levels[0]
+        else:
+            counts = collections.Counter(ds["latency"])
+            self.mt_level = min(counts, key=lambda level: (-counts[level], level)) if counts else None
 
     def text_length(self, row):
         return sum(len(v or "") for v in row["text"].values()) // 3 + 1
 
     def collate(self, rows, variants):
         layouts = []
-        first_level = (self.opts.levels or [None])[0]
         for row, lang in zip(rows, variants, strict=True):
             text = row["text"].get(lang)
             if text:
                 ids = self.interleaved(text)
                 layouts.append(Layout("simulmt", [self.prompt(lang), Text(ids, [True] * len(ids), [-100] * len(ids))]))
             offline = row["offline"].get(lang)
-            if offline and (first_level is None or row["latency"] == first_level) and END_OF_READ in offline:
+            if offline and self.mt_level in (None, row["latency"]) and END_OF_READ in offline:
                 source, target = offline.split(END_OF_READ, 1)
                 src = self.encode(source)
                 tgt = self.encode(target.replace(END_OF_WRITE, ""))

@@ -237,3 +237,20 @@ def test_the_realistic_config_has_the_papers_stages_and_warmup_ratios_become_ste
     both = C.load(MODEL_CONFIGS / "easist_tiny.yaml", ["stages.0.warmup_steps=3", "stages.0.warmup_ratio=0.1"])[0]
     with pytest.raises(C.ConfigError, match="give warmup_steps or warmup_ratio, not both"):
         _plan(PreparedStage(both.stages[0], task, rows, None), both, 0)
+
+
+def test_stage_one_sees_each_offline_pair_once_whatever_the_number_of_levels(tokenizers):
+    """simulmt publishes one row per utterance and level, each carrying the utterance's offline pair:
+    stage I takes that pair from one level's rows, so 3 levels do not weigh offline MT 3 times."""
+    import datasets
+
+    tok = tokenizers["sentencepiece"]
+    offline = interleave([" ".join(SOURCE)], [REFERENCE])
+    rows = [{"id": f"u{u}", "latency": level, "text": {"de": interleave(SOURCE, TARGET)}, "offline": {"de": offline}}
+            for u in range(3) for level in ("low", "medium", "high")]
+    for levels, expected in ((None, "high"), (["medium", "low"], "medium")):
+        task = _task(EasistSimulMtTask, tok, levels=levels)
+        task.fit_to_data(datasets.Dataset.from_list(rows), "simulmt")
+        layouts = task.collate([r for r in rows if task.keep(r)], ["de"] * len([r for r in rows if task.keep(r)]))
+        assert task.mt_level == expected
+        assert [layout.task for layout in layouts["layouts"]].count("mt") == 3  # once per utterance

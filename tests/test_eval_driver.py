@@ -14,6 +14,7 @@ import re
 
 import pytest
 import torch
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -383,6 +384,26 @@ def test_evaluate_decodes_jointly_with_a_k_per_language(runs, tiny_runs, publish
     # es at k=3 is not es at de's k=2: the joint decoding did not give every language one k.
     assert main([*common, "--lang", "es", "--k", "2", "--out", str(tmp_path / "es2")]) == 0
     assert _log(tmp_path / "es2", "waitk_k=2", "es") != _log(tmp_path / "es", "waitk_k=3", "es")
+
+
+def test_evaluate_decodes_each_language_at_the_k_it_trained_with_by_default(runs, tiny_runs, published, tmp_path):
+    """unified_tiny trains de at k=3 and es at k=5: without --k or --sweep, evaluate decodes so (run.yaml
+    records the ks), not every language at one default k, which gives es outputs it never learned."""
+    tiny_runs("unified")
+    run = tiny_runs.root / "unified"
+    assert yaml.safe_load((run / "run.yaml").read_text())["waitk"] == {"de": 3, "es": 5}
+    common = ["--run", str(run), "--data", published, "--split", "train", "--limit", "2"]
+    assert main([*common, "--out", str(tmp_path / "default")]) == 0
+    scores = json.loads((tmp_path / "default" / "scores.json").read_text())
+    assert [s["name"] for s in scores["settings"]] == ["waitk_de=3,es=5", "offline"]
+    assert main([*common, "--k", "de=3,es=5", "--out", str(tmp_path / "given")]) == 0
+    for lang in ("de", "es"):
+        default, given = (_log(tmp_path / d, "waitk_de=3,es=5", lang) for d in ("default", "given"))
+        assert [(i["prediction"], i["delays"]) for i in default] == [(i["prediction"], i["delays"]) for i in given]
+    # One language evaluated alone: its own trained k.
+    assert main([*common, "--lang", "es", "--out", str(tmp_path / "es")]) == 0
+    assert [s["name"] for s in json.loads((tmp_path / "es" / "scores.json").read_text())["settings"]] == \
+        ["waitk_k=5", "offline"]
 
 
 @pytest.mark.parametrize("run,args,message", [

@@ -26,6 +26,8 @@ class DataConfig:
     train_split: str = "train"
     valid_split: str | None = None
     limit: int | None = None  # use only the first N rows of each split (quick runs)
+    ids: list[str] | str | None = None  # train only on these utterances (a list, or a file of one id a line),
+    # in every config the stages read; applied before `limit`
     max_frames: int = 20000  # length bucketing: padded feature frames (or text tokens x 4) per batch
     max_batch: int = 32
     bucket_window: int = 1000  # sort by length within windows of this many shuffled rows

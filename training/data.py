@@ -36,8 +36,10 @@ def input_kind(model) -> str:
 
 
 # -- loading -------------------------------------------------------------------------------------
-def open_split(data: str, config: str, split: str, cache_dir: str | None = None, limit: int | None = None):
-    """`datasets.load_dataset(data, config, split=split)` with errors that say what exists."""
+def open_split(data: str, config: str, split: str, cache_dir: str | None = None, limit: int | None = None,
+               ids: list[str] | str | None = None):
+    """`datasets.load_dataset(data, config, split=split)` with errors that say what exists; only the rows
+    whose `id` is in `ids` (a list, or a file of one id a line) when given, then the first `limit`."""
     import datasets
 
     local = Path(data)
@@ -60,8 +62,27 @@ def open_split(data: str, config: str, split: str, cache_dir: str | None = None,
         if split == name:
             raise
         raise ConfigError(f"split {split!r}: {e}") from None
+    if ids is not None:
+        ds = _only(ds, ids, f"config {config!r} split {split!r}")
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
+    return ds
+
+
+def _only(ds, ids: list[str] | str, where: str):
+    """The rows of `ds` whose id is listed (rows keep their order; a config may lack some ids, e.g. the
+    clips alignment rejected, but not all of them)."""
+    if isinstance(ids, str):
+        try:
+            ids = Path(ids).read_text(encoding="utf-8").split()
+        except OSError as e:
+            raise ConfigError(f"data.ids: cannot read the id list {ids}: {e.strerror}") from None
+    keep = set(ids)
+    if not keep:
+        raise ConfigError("data.ids: the id list is empty")
+    ds = ds.filter(lambda i: i in keep, input_columns="id")
+    if not len(ds):
+        raise ConfigError(f"data.ids: {where} has none of the {len(keep)} listed ids")
     return ds
 
 
@@ -241,6 +262,8 @@ def pad_features(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def iter_texts(ds, columns: list[str]) -> Iterator[str]:
+    if not columns:  # no columns of a filtered dataset would be rows of an empty table (datasets divides by 0)
+        return
     for row in ds.select_columns(sorted({c.split(".")[0] for c in columns})):
         for c in columns:
             value = get(row, c)

@@ -89,9 +89,9 @@ class PreparedStage:
     valid: Any | None
 
 
-def _open(data: str, stage: StageConfig, task: Task, split: str, cfg: RunConfig, cache_dir: str):
+def _open(data: str, stage: StageConfig, task: Task, split: str, cfg: RunConfig, cache_dir: str, ids=None):
     where = f"stages.{stage.name}"
-    ds = D.open_split(data, stage.config, split, cache_dir, cfg.data.limit)
+    ds = D.open_split(data, stage.config, split, cache_dir, cfg.data.limit, ids)
     D.check_columns(ds, task.columns(), where)
     task.check_features(ds.features)
     task.fit_to_data(ds, f"dataset config {stage.config!r} split {split!r}")
@@ -207,7 +207,7 @@ def run(cfg: RunConfig, data: str, out: str | Path, only_stage: str | None = Non
     tasks = make_tasks(family, cfg, model_cfg)
 
     cache_dir = cfg.data.cache_dir or str(out / "cache")
-    opened = [(_open(data, s, t, cfg.data.train_split, cfg, cache_dir),
+    opened = [(_open(data, s, t, cfg.data.train_split, cfg, cache_dir, cfg.data.ids),
                _open(data, s, t, cfg.data.valid_split, cfg, cache_dir) if cfg.data.valid_split else None)
               for s, t in zip(cfg.stages, tasks, strict=True)]
 
@@ -237,6 +237,7 @@ def run(cfg: RunConfig, data: str, out: str | Path, only_stage: str | None = Non
     (out / RUN_FILE).write_text(yaml.safe_dump({
         "family": cfg.family, "model": to_plain(model_cfg), "tokenizer": to_plain(cfg.tokenizer),
         "data": to_plain(cfg.data), "stages": [s.name for s in cfg.stages], **trained_prompt(tasks),
+        "waitk": trained_waitk(tasks),
         "device": str(device)},
         sort_keys=False))
     log = JsonlLog(out / "log.jsonl", echo=echo)
@@ -268,6 +269,13 @@ def trained_prompt(tasks: list[Task]) -> dict[str, Any]:
     with: what evaluation feeds (both None for a family without prompts)."""
     last = next((t.opts for t in reversed(tasks) if isinstance(getattr(t.opts, "prompt", None), str)), None)
     return {"prompt": getattr(last, "prompt", None), "chat_template": getattr(last, "chat_template", None)}
+
+
+def trained_waitk(tasks: list[Task]) -> dict[str, int | None] | None:
+    """{language: k} of the last stage that trained wait-k (None: offline attention), what `evaluate`
+    decodes with by default; None for a run without such a stage."""
+    last = next((t for t in reversed(tasks) if isinstance(getattr(t, "waitk", None), dict)), None)
+    return dict(last.waitk) if last is not None else None
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, Tokenizer, dict[str, Any]]:
