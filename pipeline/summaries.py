@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..transforms.align import ERROR_BUCKET_MS, ERROR_BUCKETS
+from ..transforms.align import CONFIDENCE_BUCKETS, ERROR_BUCKET_MS, ERROR_BUCKETS
 from ..transforms.monotonicity import OFFLINE
 
 
@@ -156,4 +156,88 @@ def align_summary(sums: dict[str, float]) -> dict[str, Any]:
             "p50": round(_percentile(buckets, n, 0.5), 2) if n else None,
             "p90": round(_percentile(buckets, n, 0.9), 2) if n else None,
         }
+    if sums.get("confidence/clips"):
+        result["confidence"] = _confidence(sums)
     return result
+
+
+def _confidence(sums: dict[str, float]) -> dict[str, Any]:
+    """The aligned clips' alignment confidence: mean, quantiles and the share below 0.05, from
+    their histogram (CONFIDENCE_BUCKETS equal buckets over [0, 1], linear inside a bucket)."""
+    n = sums["confidence/clips"]
+    counts = [sums.get(f"confidence/bucket/{k:03d}", 0) for k in range(CONFIDENCE_BUCKETS)]
+
+    def quantile(q: float) -> float:
+        rank, seen = q * n, 0.0
+        for k, c in enumerate(counts):
+            if c and seen + c >= rank:
+                return round((k + (rank - seen) / c) / CONFIDENCE_BUCKETS, 3)
+            seen += c
+        return 1.0
+
+    return {"clips": int(n), "mean": _ratio(sums.get("confidence/sum", 0.0), n, 3),
+            **{f"p{q}": quantile(q / 100) for q in (10, 50, 90)},
+            "below_0.05": round(sum(counts[: CONFIDENCE_BUCKETS // 20]) / n, 4),
+            "clips_per_tenth": [int(sum(counts[k : k + CONFIDENCE_BUCKETS // 10]))
+                                for k in range(0, CONFIDENCE_BUCKETS, CONFIDENCE_BUCKETS // 10)]}
+
+
+def align_card_section(summary: dict[str, Any]) -> str:
+    """Markdown for the dataset card from `align_summary`'s result: the distribution of the
+    `alignment_confidence` column (nothing when the aligner gives none)."""
+    c = summary.get("confidence")
+    if not c:
+        return ""
+    return "\n".join([
+        "### Alignment confidence", "",
+        "`alignment_confidence` (and `words[].confidence` per word) ranks how well each clip fits its transcript "
+        "against the reference clips of its language (held out of the aligner's training where the sample "
+        "allows): 0.5 is typical, and a clip of 0.05 fits worse than 95 in 100 of them. Clips fitting far "
+        "worse were rejected (`transcript_mismatch`). Low values point at a partly wrong transcript or poor "
+        "audio; they say little about how precise a clip's word boundaries are.", "",
+        f"Over {c['clips']} aligned clips: mean {c['mean']}, p10 {c['p10']}, median {c['p50']}, p90 {c['p90']}; "
+        f"{c['below_0.05']:.1%} below 0.05.", "",
+        "| confidence | " + " | ".join(f"{k / 10:.1f}-{(k + 1) / 10:.1f}" for k in range(10)) + " |",
+        "|---|" + "---|" * 10,
+        "| clips | " + " | ".join(str(n) for n in c["clips_per_tenth"]) + " |",
+    ]) + "\n"
+
+
+def simulate_summary(sot, sums: dict[str, float]) -> dict[str, Any]:
+    """The `simulate` section of stats.json: the SOT order (`sot`: the stage's SotSettings), and how
+    word order and utterance order differ over the conversations made: how many would be reordered,
+    and the wait per word (ms from a word's end until every word before it in the target has ended)."""
+    conversations, words = sums.get("conversations", 0), sums.get("words", 0)
+    waits = {order: {"mean_ms": _ratio(sums.get(f"wait_ms/{order}", 0), words, 2),
+                     "waiting_words": _number(sums.get(f"waiting_words/{order}", 0))}
+             for order in ("word", "utterance")}
+    return {
+        "sot": {"mode": sot.mode, **({"latency_level": sot.latency_level} if sot.mode == "word" else {}),
+                "unaligned_utterances": "left out"},
+        "conversations": _number(conversations),
+        "words": _number(words),
+        "reordered": {"conversations": _number(sums.get("reordered", 0)),
+                      "fraction": _ratio(sums.get("reordered", 0), conversations, 4)},
+        "wait": waits,
+    }
+
+
+def simulate_card_section(summary: dict[str, Any]) -> str:
+    """Markdown for the dataset card from `simulate_summary`'s result."""
+    sot, wait = summary["sot"], summary["wait"]["utterance"]
+    if sot["mode"] == "word":
+        order = ("in word order: the words of both speakers by when each ends in the conversation, a speaker "
+                 "token at each change of speaker, and the translations' chunks of level "
+                 f"`{sot['latency_level']}` at the end of their source chunk")
+    else:
+        order = "in utterance order: whole utterances first in first out by start time"
+    r = summary["reordered"]
+    return "\n".join([
+        "### Serialized output (conversations)", "",
+        f"`sot_text` and `sot_translation` are {order} (`simulate.sot.mode`); `words` gives every word's speaker "
+        "and times. Conversations are made of aligned utterances only: an utterance that the segment or align "
+        "stage rejected is left out (see their rejects), not serialized in utterance order.",
+        f"In {r['conversations']} of {summary['conversations']} conversations ({r['fraction'] or 0:.0%}) word order "
+        f"differs from utterance order: there, utterance-level targets would make a streaming model wait "
+        f"{wait['mean_ms']} ms per word on average ({wait['waiting_words']} of {summary['words']} words wait).",
+    ]) + "\n"

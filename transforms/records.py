@@ -42,6 +42,10 @@ class Timing:
 
     words: list[tuple[str, float, float]]
     chunk_end_s: dict[str, list[float]] = field(default_factory=dict)
+    # How well the audio fits the words, 0 (worst) to 1, for the clip and per word; None when the
+    # aligner gives none (transforms/aligners/__init__.py: Aligned).
+    confidence: float | None = None
+    word_confidence: list[float] | None = None
 
 
 @dataclass
@@ -94,6 +98,8 @@ class Conversation:
     sot_text: str
     sot_translations: dict[str, str]
     flac: bytes | None = None  # C-channel FLAC
+    # Every word of both speakers in word order: word, speaker, start_s, end_s (conversation time).
+    words: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
