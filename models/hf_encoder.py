@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import KV, BlockStream, lengths_to_mask
+from .blocks import KV, Adapter, BlockStream, lengths_to_mask
 
 WAVE_RATE = 16000  # the pretrained models' sampling rate
 FRAME_SAMPLES = 160  # one 10 ms input frame
@@ -102,6 +102,7 @@ class HFSpeechEncoder(BlockStream, nn.Module):
         pos = self.hf.encoder.pos_conv_embed
         self.pos_kernel = pos.conv.kernel_size[0]
         self.pos_pad = self.pos_kernel // 2  # HF pads k//2 both sides, then drops the last frame if k is even
+        self.adapters = _adapters(cfg, c.hidden_size, len(self.hf.encoder.layers))
 
     @property
     def d_model(self) -> int:
@@ -179,8 +180,9 @@ class HFSpeechEncoder(BlockStream, nn.Module):
             x = enc.layer_norm(x)
         x = enc.dropout(x)
         kvs = []
-        for layer, cache in zip(enc.layers, caches, strict=True):
+        for i, (layer, cache) in enumerate(zip(enc.layers, caches, strict=True)):
             x, kv = _layer(layer, x, mask, cache, self.stable)
+            x = self.adapters[i](x) if self.adapters is not None else x
             kvs.append(kv)
         return (enc.layer_norm(x) if self.stable else x), kvs
 
@@ -233,6 +235,12 @@ class HFSpeechEncoder(BlockStream, nn.Module):
         pos = torch.cat([state.pos, xp], dim=1)[:, -self.pos_pad:] if self.pos_pad else state.pos
         return out, HFEncoderState(tails, stats, pos, kv, state.frames + out.shape[1])
 
+
+
+def _adapters(cfg, width: int, n_layers: int) -> nn.ModuleList | None:
+    """`encoder.adapter_dim` > 0: a bottleneck adapter after each pretrained layer (models/blocks.py), the
+    identity until trained, so a stage can fine-tune them alone (SAMU's `st.encoder.*adapter*`)."""
+    return nn.ModuleList(Adapter(width, cfg.adapter_dim) for _ in range(n_layers)) if cfg.adapter_dim else None
 
 
 def _normalises(path: str) -> bool:
@@ -333,6 +341,7 @@ class WhisperSpeechEncoder(nn.Module):
                              f"{self.receptive * 1000 / WAVE_RATE} ms")
         self.max_frames = c.max_source_positions
         self.norm = WaveNorm(enabled=False)
+        self.adapters = _adapters(cfg, c.d_model, len(self.hf.layers))
 
     d_model = HFSpeechEncoder.d_model
     frames_after = HFSpeechEncoder.frames_after
@@ -393,12 +402,13 @@ class WhisperSpeechEncoder(nn.Module):
         x = x + self.hf.embed_positions.weight[offset:offset + x.shape[1]]
         x = F.dropout(x, self.hf.dropout, self.training)
         kvs = []
-        for layer, cache in zip(self.hf.layers, caches, strict=True):
+        for i, (layer, cache) in enumerate(zip(self.hf.layers, caches, strict=True)):
             a, kv = _attend(layer.self_attn, layer.self_attn_layer_norm(x), mask, cache)
             x = x + F.dropout(a, layer.dropout, self.training)
             h = F.dropout(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))), layer.activation_dropout,
                           self.training)
             x = x + F.dropout(layer.fc2(h), layer.dropout, self.training)
+            x = self.adapters[i](x) if self.adapters is not None else x
             kvs.append(kv)
         return self.hf.layer_norm(x), kvs
 

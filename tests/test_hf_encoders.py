@@ -389,3 +389,21 @@ def test_easist_streams_the_backbone_as_teacher_forcing_and_offline_decoding(bac
     offline = decoder.decode(clip, Offline()).streams["de"].tokens
     assert offline and decoder.decode(clip, WaitK(k=50)).streams["de"].tokens == offline
     assert decoder.decode(clip, PolicyHead(0.0)).streams["de"].tokens  # writes as it reads
+
+
+@pytest.mark.parametrize("name", ["xlsr", "whisper"])
+def test_adapters_after_each_pretrained_layer_start_as_the_identity_and_stream(backbone_dirs, name):
+    """`adapter_dim` puts a bottleneck adapter after every pretrained layer (SAMU fine-tunes them alone):
+    untrained they change nothing; trained, block-causal streaming still equals offline."""
+    plain = _encoder(backbone_dirs[name])
+    enc = make_encoder(EncoderConfig(kind="hf", path=backbone_dirs[name], block_ms=80, adapter_dim=8)).eval()
+    names = [n for n, _ in enc.named_parameters() if "adapter" in n]
+    assert len({n.split(".")[1] for n in names}) == len(enc.adapters) > 0
+    feats, lengths = _wave(1230, seed=2)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(feats, lengths)[0], plain(feats, lengths)[0])
+        for adapter in enc.adapters:
+            adapter.up.weight.normal_(0, 0.5)
+        offline, n = enc(feats, lengths)
+        assert not torch.allclose(offline, plain(feats, lengths)[0], atol=1e-3)
+        torch.testing.assert_close(enc.stream(feats)[0], offline[0, : int(n[0])], atol=1e-5, rtol=1e-4)
