@@ -44,7 +44,7 @@ from .encoder import (
     TransformerState,
 )
 from .family import Family
-from .transducer import HypState, TransducerHead, TransducerHeadConfig
+from .transducer import BeamState, HypState, TransducerHead, TransducerHeadConfig
 
 FRONT_ENDS = ("learned", "select")
 
@@ -73,6 +73,8 @@ class JstarConfig:
     vocab_size: int | None = None  # shared by ASR and ST (tokens of both languages + speaker tokens)
     blank_id: int = 0
     max_symbols_per_frame: int = 5  # greedy decoding
+    beam: int = 1  # transducer search: 1 greedy, more a modified beam search (transducer.py)
+    language: str | None = None  # the ST head's language: the joint stage's, recorded by the trainer
 
     def validate(self) -> None:
         if self.front_end not in FRONT_ENDS:
@@ -86,6 +88,8 @@ class JstarConfig:
                              f"({self.fast.block_len} encoder frames)")
         if not 0.0 <= self.asr_weight <= 1.0:
             raise ValueError(f"model.asr_weight must lie in [0, 1], got {self.asr_weight}")
+        if self.beam < 1:
+            raise ValueError(f"model.beam must be a positive count, got {self.beam}")
         if not self.vocab_size:
             raise ValueError("model.vocab_size is not set (the tokenizer sets it)")
 
@@ -135,8 +139,8 @@ class JstarState:
     fast: EncoderState
     slow: TransformerState
     buffer: Tensor  # (1, n, D_fast) fast frames waiting for a complete slow block
-    asr: HypState
-    st: HypState
+    asr: HypState | BeamState
+    st: HypState | BeamState
 
 
 class Jstar(nn.Module):
@@ -180,19 +184,23 @@ class Jstar(nn.Module):
     def init_state(self, device=None) -> JstarState:
         return JstarState(fast=self.fast.init_state(1, device), slow=self.slow.transformer.init_state(),
                           buffer=torch.zeros(1, 0, self.cfg.fast.d_model, device=device),
-                          asr=self.asr.init_state(device), st=self.st.init_state(device))
+                          asr=self.asr.start(self.cfg.beam, device), st=self.st.start(self.cfg.beam, device))
 
     def forward_block(self, block_feats: Tensor, state: JstarState) -> tuple[list[int], list[int], JstarState]:
         """One fast block of features (1, <= fast.block_frames, C*80) -> new ASR tokens, new ST tokens, state."""
         fast, fast_state = self.fast.forward_block(self.front(block_feats), state.fast)
-        asr_tokens, asr = self.asr.greedy(fast, state.asr, self.cfg.max_symbols_per_frame)
+        asr_tokens, asr = self.asr.search(fast, state.asr, self.cfg.beam, self.cfg.max_symbols_per_frame)
         state = JstarState(fast_state, state.slow, torch.cat([state.buffer, fast], dim=1), asr, state.st)
         st_tokens, state = self._slow_blocks(state, final=False)
         return asr_tokens, st_tokens, state
 
-    def flush(self, state: JstarState) -> tuple[list[int], JstarState]:
-        """End of a stream: the ST tokens of the fast frames still waiting for a complete slow block."""
-        return self._slow_blocks(state, final=True)
+    def flush(self, state: JstarState) -> tuple[list[int], list[int], JstarState]:
+        """End of a stream: the ST tokens of the fast frames still waiting for a complete slow block, and
+        (beam search) the rest of each task's best hypothesis -> ASR tokens, ST tokens, state."""
+        st_tokens, state = self._slow_blocks(state, final=True)
+        asr_rest, asr = self.asr.finish(state.asr)
+        st_rest, st = self.st.finish(state.st)
+        return asr_rest, st_tokens + st_rest, JstarState(state.fast, state.slow, state.buffer, asr, st)
 
     def _slow_blocks(self, state: JstarState, final: bool) -> tuple[list[int], JstarState]:
         """Run the slow encoder and ST head on every complete slow block buffered (and a partial one if final)."""
@@ -200,17 +208,21 @@ class Jstar(nn.Module):
         while buffer.shape[1] >= self.cfg.slow.block_len or (final and buffer.shape[1] > 0):
             block, buffer = buffer[:, : self.cfg.slow.block_len], buffer[:, self.cfg.slow.block_len:]
             slow, slow_state = self.slow.forward_block(block, slow_state)
-            new, st = self.st.greedy(slow, st, self.cfg.max_symbols_per_frame)
+            new, st = self.st.search(slow, st, self.cfg.beam, self.cfg.max_symbols_per_frame)
             st_tokens += new
         return st_tokens, JstarState(state.fast, slow_state, buffer, state.asr, st)
 
     @torch.no_grad()
     def decode_offline(self, feats: Tensor) -> tuple[list[int], list[int]]:
-        """Greedy decoding of one whole utterance (1, T, C*80) encoded at once (what streaming emits)."""
+        """One whole utterance (1, T, C*80) encoded at once, each head searched over all its frames (what
+        streaming emits in the end)."""
         fast, slow, lengths = self.encode(feats, torch.tensor([feats.shape[1]], device=feats.device))
-        asr, _ = self.asr.greedy(fast, self.asr.init_state(feats.device), self.cfg.max_symbols_per_frame)
-        st, _ = self.st.greedy(slow, self.st.init_state(feats.device), self.cfg.max_symbols_per_frame)
-        return asr, st
+        out = []
+        for head, frames in ((self.asr, fast), (self.st, slow)):
+            tokens, state = head.search(frames, head.start(self.cfg.beam, feats.device), self.cfg.beam,
+                                        self.cfg.max_symbols_per_frame)
+            out.append(tokens + head.finish(state)[0])
+        return out[0], out[1]
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -243,6 +255,7 @@ class JointTask(Task):
     def __init__(self, options, model_cfg, where):
         super().__init__(options, model_cfg, where)
         self.mono = model_cfg.channels == 1
+        model_cfg.language = self.opts.language  # what the ST head learns (the last joint stage's): run.yaml keeps it
 
     def columns(self):
         return ["audio", self.opts.transcript, f"{self.opts.translation}.{self.opts.language}"]
@@ -357,8 +370,8 @@ class JstarAgent(Agent):
 
     def finish(self, state: JstarDecoding, emit: Emit) -> JstarDecoding:
         state = self.write(state, emit)
-        st, model_state = self.model.flush(state.model)
-        return self.write(JstarDecoding(model_state, self._tagged([], st)), emit)
+        asr, st, model_state = self.model.flush(state.model)
+        return self.write(JstarDecoding(model_state, self._tagged(asr, st)), emit)
 
     def offline(self, feats: Tensor, emit: Emit) -> None:
         asr, st = self.model.decode_offline(feats)
@@ -383,10 +396,11 @@ class JstarFamily(Family):
         cfg.vocab_size, cfg.blank_id = tok.vocab_size, tok.pad_id
 
     def languages(self, model: Jstar, tok, available, requested) -> list[str]:
-        own = requested or (available if len(available) == 1 else [])  # a stage option the run does not record
+        trained = [model.cfg.language] if model.cfg.language else []  # a run from before it was recorded: none
+        own = trained or requested or (available if len(available) == 1 else [])
         if len(own) != 1:
             raise ValueError(f"JSTAR translates into one language: pass --lang (one of {', '.join(available)}), "
-                             "the language of its joint stage")
+                             "the language of its joint stage (this run does not record it)")
         return own
 
     def targets(self, languages: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -350,8 +351,20 @@ def test_bad_input_is_named(runs, published, tmp_path, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-def test_jstar_needs_its_language_and_a_run_must_exist(runs, published, tmp_path, capsys):
-    assert main(["--run", str(runs / "jstar"), "--data", published, "--split", "train"]) == 2
+def test_jstar_decodes_the_language_its_run_records_and_a_run_must_exist(runs, published, tmp_path, capsys):
+    # run.yaml records the joint stage's language (model.language): no --lang needed on two-language data.
+    assert yaml.safe_load((runs / "jstar" / "run.yaml").read_text())["model"]["language"] == "de"
+    assert main(["--run", str(runs / "jstar"), "--data", published, "--split", "train", "--out",
+                 str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "scores.json").read_text())["languages"] == ["de"]
+    assert main(["--run", str(runs / "jstar"), "--data", published, "--split", "train", "--lang", "es"]) == 2
+    assert "the run does not translate into es; it has de" in capsys.readouterr().err
+    old = tmp_path / "old"  # a run from before the record: --lang it must be
+    shutil.copytree(runs / "jstar", old, ignore=shutil.ignore_patterns("cache"))
+    info = yaml.safe_load((old / "run.yaml").read_text())
+    del info["model"]["language"]
+    (old / "run.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+    assert main(["--run", str(old), "--data", published, "--split", "train"]) == 2
     assert "JSTAR translates into one language: pass --lang" in capsys.readouterr().err
     assert main(["--run", str(tmp_path / "nothing"), "--data", published]) == 2
     assert "holds no finished run" in capsys.readouterr().err
