@@ -47,8 +47,7 @@ def _trained_k(info: dict[str, Any], languages: list[str]) -> dict[str, int] | N
 def evaluate_run(run_dir: str, data: str, *, split: str = "test", config: str | None = None,
                  languages: list[str] | None = None, policy: str | None = None, sweep: str | None = None,
                  segment_ms: float = 40.0, limit: int | None = None, ids: str | None = None, out: str | None = None,
-                 prompt: str | None = None,
-                 max_len: int = 200, device: str = "auto", k: dict[str, int] | None = None,
+                 prompt: str | None = None, max_len: int = 200, device: str = "auto", k: dict[str, int] | None = None,
                  echo=print) -> dict[str, Any]:
     """Decode `split` under each setting of the policy and offline; write the logs, scores.json and plots."""
     import datasets

@@ -95,11 +95,11 @@ def test_the_resolved_settings_load_back_and_hold_no_secret(monkeypatch, tmp_pat
 
     key = "sk-test-0123456789abcdefSECRET"
     monkeypatch.setenv("OPENAI_API_KEY", key)
-    settings = config.load(overrides=[f"work_dir={tmp_path}", "segment.llm.base_url=https://me:pa55word@llm.example/v1",
+    settings = config.load(overrides=[f"work_dir={tmp_path}", "segment.llm.base_url=http://me:pa55word@127.0.0.1:9/v1",
                                       f"corpus.mustc.path=/data/{key}/mustc"])
     text = resolved_config(settings, ["--direct_num_workers=2"])
     assert key not in text and key[:12] not in text and "pa55word" not in text
-    assert "https://me:[redacted]@llm.example/v1" in text and "/data/[redacted]" in text
+    assert "http://me:[redacted]@127.0.0.1:9/v1" in text and "/data/[redacted]" in text
     assert "api_key_env: OPENAI_API_KEY" in text
 
     clean = config.load(overrides=[f"work_dir={tmp_path}", "seed=5", "beam_args=[--direct_running_mode=in_memory]"])
