@@ -137,6 +137,26 @@ def test_block_causal_stream_equals_block_causal_offline(backbone_dirs, name):
         assert not torch.allclose(before[0, :early], after[0, :early], atol=1e-5)
 
 
+def test_an_asr_fine_tuned_folder_loads_as_its_encoder(tmp_path):
+    """The wait-k realistic configs name an ASR-fine-tuned wav2vec 2.0 (a Wav2Vec2ForCTC folder): its
+    encoder's weights load, the CTC head is left out."""
+    from transformers import Wav2Vec2ForCTC
+
+    torch.manual_seed(3)
+    asr = Wav2Vec2ForCTC(Wav2Vec2Config(**TINY, vocab_size=12, feat_extract_norm="group")).eval()
+    asr.save_pretrained(tmp_path / "asr")
+    enc = _encoder(str(tmp_path / "asr"), streaming="full")
+    own = asr.wav2vec2.state_dict()
+    assert set(enc.hf.state_dict()) == set(own)
+    for name, tensor in enc.hf.state_dict().items():
+        torch.testing.assert_close(tensor, own[name], msg=name)
+    feats, lengths = _wave(900)
+    with torch.no_grad():
+        out, _ = enc(feats, lengths)
+        want = asr.wav2vec2(feats.reshape(1, -1)).last_hidden_state
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
+
+
 def test_bad_settings_are_refused(backbone_dirs, tmp_path):
     path = backbone_dirs["wav2vec2-base"]
     with pytest.raises(ValueError, match="block_ms 20: must be a multiple of 20 ms and at least 25.0 ms"):
