@@ -498,7 +498,7 @@ def _reproducibility(about: provenance.About | None, run: dict[str, Any]) -> lis
              "`simulmt`). Not covered:"]
     if about is not None and about.segment_backend == "llm":
         lines.append("- This build was segmented by an LLM (`segment.backend: llm`): its answers depend on the "
-                     "server; only a run that reads the same answer cache (`segment.llm.cache_path`) gets the same "
+                     "server; only a run that reads the same answer cache (`segment.llm.cache_dir`) gets the same "
                      "chunks.")
     else:
         lines.append("- `segment.backend: llm`: LLM answers depend on the server; only the answer cache makes "

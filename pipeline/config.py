@@ -90,7 +90,12 @@ class CurateSettings:
         for key in ("output", "overwrite", "work_dir", "runner", "beam_args", "progress"):
             d.pop(key)
         d["segment"]["align"].pop("cache_dir")
-        for key in ("cache_path", "batch_dir"):
+        d["align"].pop("cache_dir")
+        if self.input == self.demo_root():  # the demo corpora, wherever the work dir holds them
+            d["input"] = None
+            if d["align"]["truth"] == files.join(self.input, "truth", "word_times.jsonl"):
+                d["align"]["truth"] = None
+        for key in ("cache_dir", "batch_dir"):
             d["segment"]["llm"].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -105,8 +110,9 @@ class CurateSettings:
             self.align.truth = self.align.truth or files.join(self.input, "truth", "word_times.jsonl")
         seg = self.segment
         seg.align.cache_dir = seg.align.cache_dir or files.join(self.work_dir, "eflomal")
-        seg.llm.cache_path = seg.llm.cache_path or files.join(self.work_dir, "segment_llm.sqlite")
+        seg.llm.cache_dir = seg.llm.cache_dir or files.join(self.work_dir, "llm_answers")
         seg.llm.batch_dir = seg.llm.batch_dir or files.join(self.work_dir, "segment_batch")
+        self.align.cache_dir = self.align.cache_dir or files.join(self.work_dir, "aligners")
 
 
 def defaults() -> dict[str, Any]:

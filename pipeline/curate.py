@@ -15,11 +15,13 @@ import operator
 import os
 import re
 import subprocess
+import tempfile
 import time
 from typing import Any, TextIO
 
 import apache_beam as beam
 import yaml
+from apache_beam.io.filesystems import FileSystems
 
 from .. import __version__
 from ..settings import ConfigError
@@ -43,7 +45,12 @@ def ensure_demo(settings: CurateSettings, echo) -> None:
     from ..demo.corpora import build_demo_corpora
 
     echo(f"no input given: building the demo corpora into {root}")
-    build_demo_corpora(root)
+    if files.is_local(root):
+        build_demo_corpora(root)
+        return
+    with tempfile.TemporaryDirectory(prefix="simulforge-demo-") as tmp:  # built here, then uploaded
+        build_demo_corpora(tmp)
+        files.upload_tree(tmp, root, last="README.txt")  # its README says the copy is whole
 
 
 def plan(settings: CurateSettings, echo) -> tuple[list[readers.ReadTask], dict[str, list[str]]]:
@@ -110,7 +117,7 @@ def resolved_config(settings: CurateSettings, extra_beam_args: list[str], portab
     from ..transforms.segment_llm import keys
 
     data = dataclasses.asdict(settings)
-    data["beam_args"] = [*settings.beam_args, *extra_beam_args]
+    data["beam_args"] = runners.redacted([*settings.beam_args, *extra_beam_args])
     if portable:
         for key in ("output", "overwrite", "work_dir"):
             data.pop(key)
@@ -119,9 +126,11 @@ def resolved_config(settings: CurateSettings, extra_beam_args: list[str], portab
             if settings.align.truth == files.join(settings.input, "truth", "word_times.jsonl"):
                 data["align"]["truth"] = None
         seg, derived = data["segment"], files.join(settings.work_dir, "")
-        for section, key in (("align", "cache_dir"), ("llm", "cache_path"), ("llm", "batch_dir")):
+        for section, key in (("align", "cache_dir"), ("llm", "cache_dir"), ("llm", "batch_dir")):
             if (seg[section][key] or "").startswith(derived):
                 seg[section][key] = None
+        if (data["align"]["cache_dir"] or "").startswith(derived):  # the trained aligners
+            data["align"]["cache_dir"] = None
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110)
     key = os.environ.get(settings.segment.llm.api_key_env, "").strip()
     if len(key) >= keys.KEY_FRAGMENT:  # shorter: a placeholder for servers that ignore keys
@@ -132,23 +141,24 @@ def resolved_config(settings: CurateSettings, extra_beam_args: list[str], portab
             f"# `simulforge curate --config THIS_FILE` runs them again{where}.\n" + text)
 
 
-def log_file(settings: CurateSettings) -> str | None:
-    """Where the run's full log goes: under a local work dir (None for a remote one)."""
-    if not files.is_local(settings.work_dir):
-        return None
+def log_file(settings: CurateSettings) -> str:
+    """Where the run's full log goes: under the work dir (for a bucket, uploaded at the end)."""
     return files.join(settings.work_dir, "logs", f"curate-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
 
 
 def run(settings: CurateSettings, extra_beam_args: list[str] | None = None, echo=print,
         progress_stream: TextIO | None = None) -> dict[str, Any]:
     """Curate into `settings.output`; raises ConfigError (nothing done) or RunError (the previous build
-    is left as it was). Progress goes to `progress_stream` (stderr), the full log to a file under a local
-    work dir once the checks have passed."""
+    is left as it was). Progress goes to `progress_stream` (stderr), the full log to a file under the work
+    dir once the checks have passed."""
     started = time.time()
     extra_beam_args = list(extra_beam_args or [])
     beam_args = runners.beam_args(settings.runner, settings.beam_args, extra_beam_args)
     options = runners.validate(beam_args, {"input": settings.input, "output": settings.output,
                                            "work_dir": settings.work_dir})
+    # The launcher's own reads and writes (lock, plan, staging, swap) reach the store with the run's
+    # options (--s3_endpoint_url, ...), as the workers do with theirs.
+    FileSystems.set_options(options)
     output.check_writable(settings.work_dir, "work_dir")
     output.check_writable(settings.output, "output")
     with output.Lock(settings.output, echo):
@@ -213,7 +223,7 @@ def _build(settings: CurateSettings, options, beam_args: list[str], tasks, missi
     summary = {
         "simulforge": __version__, "git_commit": git_commit(), "config_hash": settings.fingerprint(),
         "languages": settings.languages, "corpora": settings.corpora, "configs": settings.configs,
-        "beam_args": beam_args, "seed": settings.seed, "wall_s": round(elapsed, 1),
+        "beam_args": runners.redacted(beam_args), "seed": settings.seed, "wall_s": round(elapsed, 1),
     }
     built = steps.built(settings, dataset_configs.enabled(settings))
     sections = {}  # each step's stats.json section, in the order of `steps.STEPS`

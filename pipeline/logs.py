@@ -18,6 +18,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 
 QUIET, NORMAL, VERBOSE, DEBUG = -1, 0, 1, 2
@@ -132,12 +133,19 @@ def quiet() -> bool:
 @contextlib.contextmanager
 def to_file(path: str | None) -> Iterator[str | None]:
     """Every record at INFO and above (and the echoed lines) into `path` while the block runs,
-    starting with those kept since `setup`; None: no file (a remote work dir)."""
+    starting with those kept since `setup`; None: no file. A remote `path` (a bucket work dir) is
+    written to a local temporary file, uploaded when the block ends."""
     if path is None:
         yield None
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    remote = "://" in path  # as transforms.files.is_local, without importing Beam before `setup` filters its warnings
+    if remote:
+        fd, local = tempfile.mkstemp(prefix="simulforge-", suffix=".log")
+        os.close(fd)
+    else:
+        local = path
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    handler = logging.FileHandler(local, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.setLevel(logging.INFO)
     handler.addFilter(lambda record: not any(text in record.getMessage() for text in ABSENT))
@@ -148,13 +156,27 @@ def to_file(path: str | None) -> Iterator[str | None]:
         root.removeHandler(pending)
     root.addHandler(handler)
     global _file
-    _file = path
+    _file = local
     try:
         yield path
     finally:
         _file = None
         root.removeHandler(handler)
         handler.close()
+        if remote:
+            _upload(local, path)
+
+
+def _upload(local: str, path: str) -> None:
+    from ..transforms import files
+
+    try:
+        with open(local, "rb") as src, files.open_write(path) as out:
+            out.write(src.read())
+    except Exception as e:  # noqa: BLE001 (the run's outcome stands; its log is what is lost)
+        logging.getLogger(OURS).warning("the log could not be copied to %s (%s); it stays in %s", path, e, local)
+        return
+    os.remove(local)
 
 
 @contextlib.contextmanager

@@ -95,23 +95,30 @@ def _found(tasks) -> str:
     return f"{pairs}; {where}; {n} file{'s' if n != 1 else ''}"
 
 
+DEMO_IN_WORK_DIR = "<work_dir>/demo"
+
+
 def about(settings, tasks) -> About:
     """The provenance of a run of `settings` that read `tasks` (readers.ReadTask)."""
     by_corpus = defaultdict(list)
     for task in tasks:
         by_corpus[task.corpus].append(task)
     sources, demo = [], {}
+    # The demo corpora built into the work dir are named by that place, not this machine's path to it,
+    # so that a build of them is the same wherever its work dir lies (a local folder or a bucket).
+    in_work_dir = settings.input == settings.demo_root()
     for name in settings.corpora:
         root = settings.corpus_root(name)
+        shown = root.replace(settings.demo_root(), DEMO_IN_WORK_DIR, 1) if in_work_dir else root
         readme = _demo_readme(root)
         configured = settings.corpus[name].license
         if readme is not None:
             demo = readme
         sources.append(Source(
-            corpus=name, path=root, license=DEMO_LICENSE if readme is not None else configured,
+            corpus=name, path=shown, license=DEMO_LICENSE if readme is not None else configured,
             configured_license=configured, synthesized=readme is not None, found=_found(by_corpus[name]),
             releases=[] if readme is not None else releases(root, [t.path for t in by_corpus[name]])))
-    return About(input=settings.input, sources=sources, demo=demo,
+    return About(input=DEMO_IN_WORK_DIR if in_work_dir else settings.input, sources=sources, demo=demo,
                  speaker_tokens=settings.simulate.labels.tokens(), sot_mode=settings.simulate.sot.mode,
                  levels=list(settings.segment.levels), segment_backend=settings.segment.backend, align_backend=settings.align.backend)
 

@@ -100,11 +100,15 @@ def validate(args: list[str], paths: dict[str, str | None]) -> PipelineOptions:
         if not spark.get("spark_master_url"):
             missing.append("--spark_master_url=spark://HOST:7077")
     elif runner == "PortableRunner":
-        if not options.view_as(PortableOptions).job_endpoint:
+        portable = options.view_as(PortableOptions)
+        if not portable.job_endpoint:
             missing.append("--job_endpoint=HOST:PORT (or embed)")
+        if portable.environment_type == "EXTERNAL" and not portable.environment_config:
+            missing.append("--environment_config=HOST:PORT (the worker pool: python -m "
+                           "apache_beam.runners.worker.worker_pool_main --container_executable=simulforge-worker)")
     if missing:
         raise ConfigError(f"{runner} needs {', '.join(missing)}")
-    if runner not in LOCAL_RUNNERS and not _is_embedded(options):
+    if not local_workers(options):
         local = {k: v for k, v in paths.items() if v and "://" not in v}
         if local:
             raise ConfigError(f"{runner} runs on workers that cannot see this machine's disk: "
@@ -114,10 +118,40 @@ def validate(args: list[str], paths: dict[str, str | None]) -> PipelineOptions:
 
 
 def local_workers(options: PipelineOptions) -> bool:
-    """Whether the runner's workers run on this machine (and so can write the progress events)."""
+    """Whether the runner's workers run on this machine, in or beside this process (and so can read its
+    paths and write the progress events)."""
+    if (options.view_as(PortableOptions).environment_type or "").upper() in REMOTE_ENVIRONMENTS:
+        return False
     return _runner(options) in LOCAL_RUNNERS or _is_embedded(options)
 
 
+# SDK workers that the runner starts elsewhere, sharing nothing with this process but storage.
+REMOTE_ENVIRONMENTS = frozenset({"EXTERNAL", "DOCKER"})
+
+
 def _is_embedded(options: PipelineOptions) -> bool:
+    """A job server in this process whose workers run here too (not a worker pool or container)."""
     portable = options.view_as(PortableOptions)
+    if (portable.environment_type or "").upper() in REMOTE_ENVIRONMENTS:
+        return False
     return portable.job_endpoint == "embed" or portable.environment_type == "LOOPBACK"
+
+
+# Flags whose values are credentials: kept out of stats.json, curate.yaml and the log.
+SECRET_FLAGS = ("--s3_access_key_id", "--s3_secret_access_key", "--s3_session_token")
+REDACTED = "<redacted>"
+
+
+def redacted(args: list[str]) -> list[str]:
+    """`args` with the value of every credential flag replaced (as --flag=value or --flag value)."""
+    out, hide_next = [], False
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if hide_next and not arg.startswith("-"):
+            out.append(REDACTED)
+        elif name in SECRET_FLAGS:
+            out.append(f"{name}={REDACTED}" if "=" in arg else arg)
+        else:
+            out.append(arg)
+        hide_next = name in SECRET_FLAGS and "=" not in arg
+    return out

@@ -142,6 +142,9 @@ def align_summary(sums: dict[str, float]) -> dict[str, Any]:
         "words": int(sums.get("words", 0)),
         "training": {"clips": int(sums.get("train/clips", 0)), "audio_min": round(train_audio / 60, 3),
                      "cpu_s": round(train_cpu, 2), "cpu_s_per_audio_min": _ratio(train_cpu, train_audio / 60, 3),
+                     # of cpu_s, what ran as one element per language (the rest is spread over the workers)
+                     "serial_cpu_s": round(sums.get("train/serial_cpu_s", 0.0), 2),
+                     "cached_models": int(sums.get("train/cached", 0)),  # read from align.cache_dir, not trained
                      "skipped": skipped},
         "alignment": {"audio_s": round(audio, 2), "cpu_s": round(cpu, 2),
                       "audio_s_per_cpu_s": _ratio(audio, cpu, 1), "retried": int(sums.get("aligner/retried", 0))},

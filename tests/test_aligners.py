@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import shutil
@@ -20,9 +21,11 @@ from simulforge.transforms.aligners.gmm_model import (
     align_features,
     base_phone,
     mismatch,
+    project,
+    spliced,
     word_graph,
 )
-from simulforge.transforms.aligners.gmm_train import holdout_split
+from simulforge.transforms.aligners.gmm_train import _lda, _lda_stats, holdout_split
 from simulforge.transforms.aligners.mfa import MfaBackend, match_words, missing_reason
 from simulforge.transforms.aligners.pronounce import Phonemizer, PronounceError, phone_names
 from simulforge.transforms.aligners.viterbi import augment, build_graph, gaussian_weights, viterbi
@@ -137,6 +140,27 @@ def test_viterbi_with_a_wide_beam_finds_the_exhaustive_search_s_path():
     assert viterbi(frames, graph, gaussians, sizes, loop, 0.5, beam=1e9).tolist() == expected.tolist()
 
 
+def test_lda_keeps_the_direction_that_tells_states_apart_and_whitens_their_spread():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 3000)
+    x = rng.normal(size=(3000, 4))
+    x[:, 0] *= 10  # the widest spread, within every class: what LDA must not keep
+    x[:, 2] += 3 * labels  # the classes differ along this one
+    projection = _lda(*_lda_stats([(x.astype(np.float32), labels)], 3, splice=0), 1)
+    direction = projection[:, 0] / np.linalg.norm(projection[:, 0])
+    assert abs(direction[2]) > 0.99
+    y = x @ projection
+    assert np.mean([y[labels == k].var() for k in range(3)]) == pytest.approx(1.0, rel=0.05)
+
+
+def test_projection_is_the_spliced_frames_times_the_matrix():
+    rng = np.random.default_rng(4)
+    feats, matrix = rng.normal(size=(7, 6)).astype(np.float32), rng.normal(size=(2 * 5, 3)).astype(np.float32)
+    wide = spliced(feats[:, :2], 2)  # 2 columns, 2 frames each side, edges repeated
+    assert wide.shape == (7, 10) and np.array_equal(wide[0, :6], np.tile(feats[0, :2], 3))
+    assert np.allclose(project(feats, matrix, 2, 2), wide @ matrix, atol=1e-5)
+
+
 def test_top_keeps_the_largest_values_as_they_change():
     rng = np.random.default_rng(2)
     values = rng.normal(size=(50, 30)).astype(np.float32)
@@ -206,6 +230,20 @@ def test_gmm_rejects_what_it_cannot_align(trained, espeak_clips):
         _word_pdfs(model, [("h", "@", "not-a-phone")])
 
 
+def test_a_wrong_word_has_the_lowest_confidence(trained, espeak_clips):
+    backend, model, _ = trained
+    clips, _ = espeak_clips
+    loose = copy.copy(model)
+    loose.mismatch_limit = np.inf  # aligned, however badly it fits
+    for clip in clips[:4]:
+        j = len(clip.words) // 2
+        wrong = Clip(clip.id, clip.samples, RATE, [*clip.words[:j], "elephants", *clip.words[j + 1 :]])
+        right, bad = backend.align(loose, [clip, wrong])
+        assert bad.word_confidence[j] == min(bad.word_confidence) < np.median(bad.word_confidence)
+        assert bad.word_confidence[j] < min(right.word_confidence[j], 0.05)
+        assert bad.confidence <= right.confidence and bad.confidence < 0.05
+
+
 def test_gmm_retries_a_lost_path_with_the_wider_beam(trained, espeak_clips):
     _, model, _ = trained
     clips, _ = espeak_clips
@@ -240,7 +278,7 @@ def test_gmm_sets_the_mismatch_limit_from_held_out_clips(espeak_clips):
     assert report.clips == len(clips) and len(held) == 6
     gaps, left_out = [], {}
     for clip, phones in zip(held, pronounced, strict=True):
-        frames = augment(mfcc(clip.samples, clip.rate, settings.features))
+        frames = model.frames(mfcc(clip.samples, clip.rate, settings.features))
         try:
             found = align_features(model, frames, word_graph(model, phones, settings.gmm), settings.gmm)
         except StageError as e:

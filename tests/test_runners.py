@@ -82,3 +82,26 @@ def test_unknown_beam_flags_are_refused_with_beam_s_closest_flag():
         "--flink_mastr (did you mean --flink_master?)", "stray (not a --flag=value)"]
     with pytest.raises(ConfigError, match=r"^unknown Beam flag: --direct_num_worke=2 \(did you mean --direct_num_workers\?\)$"):
         runners.validate(runners.beam_args("direct-mp", [], ["--direct_num_worke=2"]), {"output": "out"})
+
+
+def test_the_external_worker_pool_profile_names_its_pool_and_refuses_local_paths():
+    """portable-external's workers run where the pool runs: they see no local path and no progress folder."""
+    args = runners.beam_args("portable-external", [], [])
+    with pytest.raises(ConfigError, match=r"PortableRunner needs --environment_config=HOST:PORT"):
+        runners.validate(args, REMOTE)
+    args.append("--environment_config=127.0.0.1:50000")
+    options = runners.validate(args, {**REMOTE, "input": "s3://b/raw"})
+    assert not runners.local_workers(options)
+    with pytest.raises(ConfigError, match="work_dir=work must be on shared storage"):
+        runners.validate(args, {**REMOTE, "work_dir": "work"})
+    # An embedded job server with workers in this process still reads local paths.
+    assert runners.local_workers(runners.validate(runners.beam_args("portable-embed", [], []), {"output": "out"}))
+
+
+def test_credential_flags_are_redacted_in_what_a_run_records():
+    args = ["--s3_endpoint_url=http://h:9000", "--s3_secret_access_key=SeCrEt", "--s3_access_key_id", "AKID",
+            "--s3_session_token=tok", "--runner=PortableRunner"]
+    shown = runners.redacted(args)
+    assert shown == ["--s3_endpoint_url=http://h:9000", "--s3_secret_access_key=<redacted>", "--s3_access_key_id",
+                     "<redacted>", "--s3_session_token=<redacted>", "--runner=PortableRunner"]
+    assert runners.unknown_flags(args) == []

@@ -36,7 +36,7 @@ def leaked(text: str) -> list[str]:
 
 
 def file_texts(*roots):
-    """(path, text) of every file under `roots`, binary ones decoded loosely (sqlite, WAL)."""
+    """(path, text) of every file under `roots`, binary ones decoded loosely."""
     return [
         (str(p), p.read_bytes().decode("utf-8", "replace"))
         for root in roots
@@ -118,7 +118,7 @@ def settings_for(fake, tmp_path, aligner="none", **llm):
             "monotonicity": {"aligner": aligner},
             "llm": {
                 "base_url": fake.base_url,
-                "cache_path": str(tmp_path / "cache.sqlite"),
+                "cache_dir": str(tmp_path / "answers"),
                 "batch_dir": str(tmp_path / "batch"),
                 "requests_per_minute": None,
                 "backoff_s": 0.01,
@@ -520,7 +520,7 @@ def test_segment_batch_command(tmp_path, capsys):
         assert segment_batch.main(["collect", *run]) == 0
         assert json.loads(capsys.readouterr().out)["valid"] == 5
     # the run's work_dir holds the cache and the batch folder, as it would for curate
-    assert {p.name for p in work.iterdir()} >= {"segment_llm.sqlite", "segment_batch"}
+    assert {p.name for p in work.iterdir()} >= {"llm_answers", "segment_batch"}
     assert (work / "segment_batch" / "state.json").is_file()
     assert segment_batch.main(["submit", "--input", str(tsv), "--config", str(config),
                                "--work-dir", str(tmp_path / "other")]) == 2
@@ -596,7 +596,7 @@ def test_the_llm_cache_lives_in_work_dir_whatever_the_cwd(demo_root, tmp_path, m
         assert fake.files == {}
     assert [p for folder in folders.values() for p in folder.iterdir()] == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd1", "cwd2", "cwd3", "out1", "out2", "rows.jsonl", "work"]
-    assert (work / "segment_llm.sqlite").is_file() and (work / "segment_batch" / "state.json").is_file()
+    assert any((work / "llm_answers").rglob("*.json")) and (work / "segment_batch" / "state.json").is_file()
 
 
 def test_a_real_curate_publishes_the_servers_chunks_at_the_configured_rate(demo_root, tmp_path):

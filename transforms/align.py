@@ -21,21 +21,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import resource
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import apache_beam as beam
 
 from ..settings import ConfigError, check_fraction, load_stage
 from . import files
-from .aligners import Aligned, Clip, batch_size, make_backend
+from .aligners import Aligned, Backend, Clip, TrainReport, batch_size, make_backend
 from .aligners.features import FeatureSettings
 from .aligners.gmm import GmmSettings
+from .aligners.gmm_train import MODEL_VERSION, total
 from .aligners.mfa import MfaSettings, frame_shift_s, missing_reason
 from .audio import clip_bytes, decode_flac
+from .objects import Objects, digest
 from .records import Reject, StageError, Stat, Timing, Utterance
 from .stage import STATS, run_stage
 from .timing import (
@@ -48,6 +51,8 @@ from .timing import (
 )
 
 STAGE = "align"
+CACHED = "cached"  # models the cache held
+KEYED = tuple[str, Any]  # (language, anything): what a training step's main output is, for Beam's type checks
 # Reject reasons that mean the aligner, not the clip, failed (counted against max_reject_fraction):
 # no model could be trained or found, or the backend is not installed.
 SYSTEMIC_REASONS = frozenset({"no_model", "aligner_missing"})
@@ -69,6 +74,8 @@ class ForcedAlignSettings:
     gmm: GmmSettings
     mfa: MfaSettings
     max_reject_fraction: float  # of the stage's input, for SYSTEMIC_REASONS, before the run fails
+    cache_dir: str | None  # trained models as objects keyed by their sample and settings; None: none kept
+    train_across_workers: bool  # a pass is a round over shards on all workers, not one element per language
 
     def validate(self, where: str) -> None:
         check_fraction(f"{where}.max_reject_fraction", self.max_reject_fraction)
@@ -143,7 +150,9 @@ def confidence_stats(confidence: float) -> Iterator[Stat]:
     """The clip's confidence into a histogram of CONFIDENCE_BUCKETS equal buckets over [0, 1]."""
     yield Stat(STAGE, "confidence/clips")
     yield Stat(STAGE, "confidence/sum", confidence)
-    yield Stat(STAGE, f"confidence/bucket/{min(int(confidence * CONFIDENCE_BUCKETS), CONFIDENCE_BUCKETS - 1):03d}")
+    # The nudge keeps a confidence on a bucket's edge (0.58 * 100 = 57.99999...) in the bucket it starts.
+    bucket = min(int(confidence * CONFIDENCE_BUCKETS + 1e-6), CONFIDENCE_BUCKETS - 1)
+    yield Stat(STAGE, f"confidence/bucket/{bucket:03d}")
 
 
 def side_files(utt: Utterance, timing: Timing) -> dict[str, str]:
@@ -273,13 +282,14 @@ def training_entry(utt: Utterance, settings: ForcedAlignSettings) -> Iterator[tu
 
 
 class _Train(beam.DoFn):
-    """One language's sample -> (lang, model or StageError), and training stats."""
+    """(lang, (cache key, sample)) -> (lang, model or StageError), and training stats, in one piece
+    (the model goes to the cache)."""
 
     def __init__(self, settings: ForcedAlignSettings):
         self.settings = settings
 
     def process(self, element):
-        lang, entries = element
+        lang, (key, entries) = element
         clips = []
         for e in entries:
             try:
@@ -295,11 +305,250 @@ class _Train(beam.DoFn):
             return
         finally:
             backend.close()
-        for name, value in (("train/cpu_s", cpu_seconds() - started), ("train/audio_s", report.audio_s),
-                            ("train/clips", report.clips),
-                            *((f"train/skipped/{reason}", n) for reason, n in report.skipped.items())):
-            yield beam.pvalue.TaggedOutput(STATS, Stat(STAGE, name, value))
+        if key:
+            Objects(self.settings.cache_dir, ".pkl").put(key, pickle.dumps(model))
+        spent = cpu_seconds() - started
+        yield from _report_stats(report, spent)
+        yield beam.pvalue.TaggedOutput(STATS, Stat(STAGE, "train/serial_cpu_s", spent))
         yield lang, model
+
+
+def _report_stats(report: TrainReport, cpu_s: float) -> Iterator[beam.pvalue.TaggedOutput]:
+    for name, value in (("train/cpu_s", cpu_s), ("train/audio_s", report.audio_s), ("train/clips", report.clips),
+                        *((f"train/skipped/{reason}", n) for reason, n in report.skipped.items())):
+        yield beam.pvalue.TaggedOutput(STATS, Stat(STAGE, name, value))
+
+
+# -- Training spread over the workers (a `sharded` backend: aligners/gmm_train.py) ------------------
+
+
+def model_key(lang: str, entries: list[SampleEntry], s: ForcedAlignSettings) -> str:
+    """What names a trained model in the cache: the training sample (each clip's id, words and audio
+    bytes) and every setting training reads."""
+    clips = [[e.utt.id, e.utt.source_text, hashlib.sha256(clip_bytes(e.utt)).hexdigest()] for e in entries]
+    return digest({"version": MODEL_VERSION, "lang": lang, "backend": s.backend,
+                           "voice": s.voices.get(lang, lang), "features": asdict(s.features),
+                           "settings": asdict(getattr(s, s.backend)), "sample": clips})
+
+
+class _BackendFn(beam.DoFn):
+    """A DoFn with the backend on its worker, and the CPU seconds it spends training counted (taken
+    before the main output is yielded: the runner may run the next fused steps inside that yield)."""
+
+    def __init__(self, settings: ForcedAlignSettings):
+        self.settings = settings
+
+    def setup(self):
+        self.backend = make_backend(self.settings)
+
+    def teardown(self):
+        self.backend.close()
+
+    serial = False  # runs once per language per round, not per shard
+
+    def timed(self, started: float) -> Iterator[beam.pvalue.TaggedOutput]:
+        spent = cpu_seconds() - started
+        yield beam.pvalue.TaggedOutput(STATS, Stat(STAGE, "train/cpu_s", spent))
+        if self.serial:
+            yield beam.pvalue.TaggedOutput(STATS, Stat(STAGE, "train/serial_cpu_s", spent))
+
+
+class _Cached(_BackendFn):
+    """(lang, sample) -> the model the cache holds for it (tagged CACHED), or (lang, (key, sample)) to train."""
+
+    serial = True
+
+    def process(self, element):
+        lang, entries = element
+        started = cpu_seconds()
+        key = model_key(lang, entries, self.settings) if self.settings.cache_dir else None
+        found = key and Objects(self.settings.cache_dir, ".pkl").get(key)
+        if found:
+            yield beam.pvalue.TaggedOutput(STATS, Stat(STAGE, "train/cached"))
+            yield beam.pvalue.TaggedOutput(CACHED, (lang, pickle.loads(found)))
+        else:
+            yield from self.timed(started)  # a cached model costs no training
+            yield lang, (key, entries)
+
+
+def shard_tasks(element, backend: Backend) -> Iterator[tuple[str, tuple]]:
+    """(lang, (key, sample)) -> (lang, (shard index, held, [(utterance, copied)], key)) per shard."""
+    lang, (key, entries) = element
+    for index, (held, members) in enumerate(backend.shard_plan(len(entries))):
+        yield lang, (index, held, [(entries[i].utt, copied) for i, copied in members], key)
+
+
+class _Prepare(_BackendFn):
+    """A shard's task -> (lang, (index, Shard or StageError, TrainReport, key))."""
+
+    def process(self, element):
+        lang, (index, held, members, key) = element
+        started, ready, report = cpu_seconds(), [], TrainReport()
+        for utt, copied in members:
+            try:
+                ready.append((to_clip(utt), copied))
+            except StageError as e:
+                report.skipped[e.reason] = report.skipped.get(e.reason, 0) + 1
+        try:
+            shard, part = self.backend.prepare(lang, index, held, ready)
+            report = report.plus(part)
+        except StageError as e:
+            shard = e
+        yield from self.timed(started)
+        yield lang, (index, shard, report, key)
+
+
+class _Begin(_BackendFn):
+    """(lang, every prepared shard) -> (lang, TrainState before pass 0), with the sample's report."""
+
+    serial = True
+
+    def process(self, element):
+        lang, shards = element
+        shards = sorted(shards, key=lambda x: x[0])
+        report = TrainReport()
+        for _, _, part, _ in shards:
+            report = report.plus(part)
+        yield from _report_stats(report, 0.0)
+        failed = next((shard for _, shard, _, _ in shards if isinstance(shard, StageError)), None)
+        started = cpu_seconds()
+        try:
+            if failed:
+                raise failed
+            state = self.backend.begin(lang, [shard.summary() for _, shard, _, _ in shards], report.skipped)
+        except StageError as e:
+            state = self.backend.failed_state(lang, e)
+        yield from self.timed(started)
+        yield lang, state
+
+
+class _Accumulate(_BackendFn):
+    """(lang, prepared training shard) -> (lang, (index, its statistics of this pass)); None once
+    training has failed, so the sum still sees every shard."""
+
+    def process(self, element, states):
+        lang, (index, shard, _, _) = element
+        if not isinstance(shard, StageError) and shard.held:
+            return
+        state = states[lang]
+        started = cpu_seconds()
+        failed = state.error is not None or isinstance(shard, StageError)
+        stats = None if failed else self.backend.accumulate(state, shard)
+        yield from self.timed(started)
+        yield lang, (index, stats)
+
+
+class SumStats(beam.CombineFn):
+    """The shards' statistics of a pass, summed in shard order whatever the order they arrive in
+    (float sums depend on it): the model is the same whatever the workers."""
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, indexed):
+        acc.append(indexed)
+        return acc
+
+    def merge_accumulators(self, accs):
+        return [x for acc in accs for x in acc]
+
+    def extract_output(self, acc):
+        found = [stats for _, stats in sorted(acc, key=lambda x: x[0])]
+        return None if any(x is None for x in found) else total(found)
+
+
+class _Estimate(_BackendFn):
+    """(lang, summed statistics) -> (lang, the state after the pass)."""
+
+    serial = True
+
+    def process(self, element, states):
+        lang, stats = element
+        state = states[lang]
+        started = cpu_seconds()
+        state = state if stats is None else self.backend.estimate(state, stats)
+        yield from self.timed(started)
+        yield lang, state
+
+
+class _Score(_BackendFn):
+    """(lang, prepared shard) -> (lang, (index, gaps of its clips, of their words)) under the final model;
+    empty for a shard that is not scored, so every language reaches `_FinishTraining`."""
+
+    def process(self, element, states):
+        lang, (index, shard, _, key) = element
+        state = states[lang]
+        started = cpu_seconds()
+        scored = (not isinstance(shard, StageError) and state.error is None and shard.held == state.has_holdout)
+        gaps, words = self.backend.score(state, shard) if scored else ([], [])
+        yield from self.timed(started)
+        yield lang, (index, gaps, words, key)
+
+
+class _FinishTraining(_BackendFn):
+    """(lang, every shard's scores) -> (lang, model or StageError); a model goes to the cache."""
+
+    serial = True
+
+    def process(self, element, states):
+        lang, scores = element
+        state, started = states[lang], cpu_seconds()
+        scores = sorted(scores, key=lambda x: x[0])
+        if state.failed:
+            yield beam.pvalue.TaggedOutput(STATS, Stat(STAGE, "train/skipped/alignment_failed", state.failed))
+        try:
+            model = self.backend.finish(state, [g for _, gaps, _, _ in scores for g in gaps],
+                                        [w for _, _, words, _ in scores for w in words])
+            key = scores[0][3]
+            if key and self.settings.cache_dir:
+                Objects(self.settings.cache_dir, ".pkl").put(key, pickle.dumps(model))
+        except StageError as e:
+            model = e
+        yield from self.timed(started)
+        yield lang, model
+
+
+class Train(beam.PTransform):
+    """(lang, training sample) -> ((lang, model or StageError), training stats).
+
+    With `train_across_workers`, a `sharded` backend trains as rounds over the shards of each
+    sample: the shards are prepared (features, degraded copies) in parallel, then every pass
+    aligns each shard with the previous model, passed as a side input, and sums the shards'
+    statistics into the next model; the graph holds one such round per pass. Otherwise one
+    element per language trains (the same model: the same shards, summed in the same order).
+    A model the cache (`cache_dir`) holds for the same sample and settings is read instead."""
+
+    def __init__(self, settings: ForcedAlignSettings, label: str | None = None):
+        super().__init__(label)
+        self.settings = settings
+
+    def expand(self, samples):
+        s = self.settings
+        backend = make_backend(s)
+        keyed = samples | "Cached" >> beam.ParDo(_Cached(s)).with_outputs(STATS, CACHED, main="train")
+        if not (backend.sharded and s.train_across_workers):
+            trained = keyed.train | "Train" >> beam.ParDo(_Train(s)).with_outputs(STATS, main="models")
+            models = (keyed[CACHED], trained.models) | "Models" >> beam.Flatten()
+            return models, (keyed[STATS], trained[STATS]) | "TrainStats" >> beam.Flatten()
+        prepared = (keyed.train | "Shards" >> beam.FlatMap(shard_tasks, backend)
+                    | "Prepare" >> beam.ParDo(_Prepare(s)).with_output_types(KEYED).with_outputs(STATS, main="shards"))
+        begun = (prepared.shards | "Gather" >> beam.GroupByKey()
+                 | "Begin" >> beam.ParDo(_Begin(s)).with_outputs(STATS, main="state"))
+        state, stats = begun.state, [keyed[STATS], prepared[STATS], begun[STATS]]
+        for step in range(backend.passes):
+            acc = (prepared.shards | f"Accumulate{step}" >> beam.ParDo(_Accumulate(s), beam.pvalue.AsDict(state))
+                   .with_output_types(KEYED).with_outputs(STATS, main="sums"))
+            est = (acc.sums | f"Sum{step}" >> beam.CombinePerKey(SumStats())
+                   | f"Estimate{step}" >> beam.ParDo(_Estimate(s), beam.pvalue.AsDict(state))
+                   .with_outputs(STATS, main="state"))
+            state = est.state
+            stats += [acc[STATS], est[STATS]]
+        scored = (prepared.shards | "Score" >> beam.ParDo(_Score(s), beam.pvalue.AsDict(state))
+                  .with_output_types(KEYED).with_outputs(STATS, main="scores"))
+        done = (scored.scores | "GatherScores" >> beam.GroupByKey()
+                | "FinishTraining" >> beam.ParDo(_FinishTraining(s), beam.pvalue.AsDict(state)).with_outputs(STATS, main="models"))
+        models = (keyed[CACHED], done.models) | "Models" >> beam.Flatten()
+        return models, (*stats, scored[STATS], done[STATS]) | "TrainStats" >> beam.Flatten()
 
 
 class _AlignBatch(beam.DoFn):
@@ -369,20 +618,20 @@ class Align(beam.PTransform):
 
     def expand(self, utts):
         s = self.settings
-        trained = (
+        models, train_stats = (
             utts
             | "TrainEntries" >> beam.FlatMap(training_entry, s)
             | "TrainSample" >> beam.CombinePerKey(TrainingSample())
-            | "Train" >> beam.ParDo(_Train(s)).with_outputs(STATS, main="models")
+            | "Train" >> Train(s)
         )
         aligned = (
             utts
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=batch_size(s))
-            | "Aligner" >> beam.ParDo(_AlignBatch(s), beam.pvalue.AsDict(trained.models))
+            | "Aligner" >> beam.ParDo(_AlignBatch(s), beam.pvalue.AsDict(models))
         )
         fn = _Finish(s)
         out, rejects, stats = run_stage(aligned, STAGE, fn, setup=fn.setup)
-        return out, rejects, (stats, trained[STATS]) | "AlignStats" >> beam.Flatten()
+        return out, rejects, (stats, train_stats) | "AlignStats" >> beam.Flatten()
 
 
 def check_ready(s: ForcedAlignSettings) -> None:

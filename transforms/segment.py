@@ -30,11 +30,12 @@ from typing import Any, Literal
 import apache_beam as beam
 
 from ..settings import ConfigError, check_fraction, load_stage
-from . import segment_llm
+from . import files, segment_llm
 from .monotonicity import OFFLINE, crossing_stats, measurement_pairs, view_crossings
 from .records import Reject, StageError, Stat, Utterance
 from .segment_align import AlignSettings, align_corpus, read_parallel, segment_pair
 from .segment_llm import LlmSegmenter, LlmSettings, Outcome
+from .segment_llm.prompt import answer_identity, answer_key, load_prompt
 from .stage import run_stage
 
 STAGE = "segment"
@@ -134,6 +135,12 @@ def segment_with_links(
     yield out
 
 
+def by_answer_key(utt: Utterance, identity: dict[str, Any]) -> tuple[str, Utterance]:
+    """(the cache key of its answer, utt): copies of one text meet in one group, so a run asks for
+    them once however the runner spreads them over workers. Refused ones stay apart."""
+    return (answer_key(identity, utt) if _refuse(utt) is None else f"refused/{utt.id}"), utt
+
+
 def finish_llm(element: tuple[Utterance, Outcome | None]) -> Iterator[Any]:
     """LLM backend, one utterance: its answer (or why there is none) is given."""
     utt, outcome = element
@@ -196,7 +203,7 @@ def measure_language(group: tuple[str, Any], settings: AlignSettings) -> Iterato
     level's rate per utterance as (id, (lang, level, rate))."""
     lang, entries = group
     entries = sorted(entries)  # a grouping's order is the runner's: sort so the cache key is stable
-    cache = settings.cache_dir and f"{settings.cache_dir}/measure"  # a second, independent alignment
+    cache = settings.cache_dir and files.join(settings.cache_dir, "measure")  # a second, independent alignment
     links = align_corpus([(s, t) for _, s, t, _ in entries], settings.eflomal, cache_dir=cache)
     totals: dict[str, float] = defaultdict(float)  # the language's sums: a few stats, not several per pair
     for (uid, _, _, views), found in zip(entries, links, strict=True):
@@ -232,7 +239,9 @@ class _AskLlm(beam.DoFn):
     def setup(self):
         self.segmenter = LlmSegmenter(self.settings.llm, self.settings.levels)
 
-    def process(self, batch: list[Utterance]):
+    def process(self, groups: list[tuple[str, Any]]):
+        """A batch of (answer key, utterances with those texts) groups."""
+        batch = [u for _, utts in groups for u in utts]
         asked = [u for u in batch if _refuse(u) is None]
         answers = dict(zip(map(id, asked), self.segmenter.segment(asked), strict=True))
         for u in batch:
@@ -270,6 +279,9 @@ class Segment(beam.PTransform):
         super().__init__(label)
         self.settings = settings
         _check_ready(settings)
+        if settings.backend == "llm":
+            self.identity = answer_identity(settings.llm, load_prompt(settings.llm.prompt, settings.levels),
+                                            settings.levels)
 
     def expand(self, utts):
         s = self.settings
@@ -277,6 +289,8 @@ class Segment(beam.PTransform):
             size = s.llm.batch_size * s.llm.concurrency
             answered = (
                 utts
+                | "ByAnswerKey" >> beam.Map(by_answer_key, self.identity)
+                | "SameTexts" >> beam.GroupByKey()
                 | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
                 | "AskLlm" >> beam.ParDo(_AskLlm(s))
             )

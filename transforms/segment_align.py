@@ -29,11 +29,16 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import metadata
 
 from ..settings import ConfigError
+from .objects import Objects, digest
 from .records import Segmentation, StageError
 
 Link = tuple[int, int]
+# Bump when alignment_tokens, grow_diag_final_and or the seeding change what links come out: the
+# kept alignments are keyed by it.
+ALIGNMENT_CODE = 1
 
 _WORD_PIECE = re.compile(r"\w+")
 _CLAUSE_END = re.compile(r"[,;:.!?…]$|^[-–—]+$")
@@ -177,18 +182,22 @@ def _align_distinct(
 ) -> list[set[Link]]:
     if cache_dir is None:
         return _align_corpus(pairs, settings, extra)
-    from . import files
-
-    key = hashlib.sha256(json.dumps([pairs, list(extra), dataclasses.asdict(settings)]).encode()).hexdigest()
-    path = files.join(cache_dir, f"{key[:32]}.json")
-    if files.exists(path):
-        return [{tuple(link) for link in found} for found in json.loads(files.read_bytes(path))]
+    store, key = Objects(cache_dir), alignment_key(pairs, settings, extra)
+    kept = store.get_json(key)
+    if isinstance(kept, list) and len(kept) == len(pairs):
+        return [{tuple(link) for link in found} for found in kept]
     result = _align_corpus(pairs, settings, extra)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with files.open_write(tmp) as f:
-        f.write(json.dumps([sorted(found) for found in result]).encode())
-    files.rename(tmp, path)
+    store.put_json(key, [sorted(found) for found in result])
     return result
+
+
+def alignment_key(pairs: Sequence[tuple[str, str]], settings: EflomalSettings,
+                  extra: Sequence[tuple[str, str]]) -> str:
+    """Everything the links depend on: the pairs, the extra text, the settings, the eflomal release
+    (its binary samples) and how this module tokenises and symmetrises (ALIGNMENT_CODE)."""
+    return digest({"pairs": [list(p) for p in pairs], "extra": [list(p) for p in extra],
+                   "settings": dataclasses.asdict(settings), "eflomal": metadata.version("eflomal"),
+                   "code": ALIGNMENT_CODE})
 
 
 def _align_corpus(

@@ -2,7 +2,8 @@
 
 A backend turns clips (audio plus the words spoken in them) into word timings. `train`
 runs once per source language on a bounded sample and returns a picklable model, which
-Beam hands to every worker as a side input; `align` then takes a batch of clips and
+Beam hands to every worker as a side input (a `sharded` backend's training runs as rounds over
+shards of the sample on all workers instead: transforms/align.py); `align` then takes a batch of clips and
 returns, per clip, the word timings or the reason it could not align them.
 
 Backends: `gmm` (built in: a GMM-HMM trained on the corpus itself, nothing downloaded) and
@@ -59,11 +60,20 @@ class TrainReport:
     audio_s: float = 0.0
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> clips left out of training
 
+    def plus(self, other: TrainReport) -> TrainReport:
+        skipped = dict(self.skipped)
+        for reason, n in other.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + n
+        return TrainReport(self.clips + other.clips, self.audio_s + other.audio_s, skipped)
+
 
 class Backend(ABC):
     """What the align stage calls."""
 
     name = ""
+    # Trains by summing statistics over shards of the sample (gmm: `GmmBackend.prepare`, `begin`,
+    # `accumulate`, `estimate`, `score`, `finish`), which the align stage spreads over the workers.
+    sharded = False
 
     @classmethod
     @abstractmethod

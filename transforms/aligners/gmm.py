@@ -4,9 +4,15 @@ Training is Viterbi training from a flat start, as in Kaldi's monophone recipe: 
 3-state left-to-right HMMs whose states emit from diagonal-covariance GMMs over MFCCs with
 deltas. The first alignment spreads each clip's speech evenly over its phone states (the
 low-energy ends go to silence); every pass then re-aligns all clips with the current model,
-re-estimates the GMMs from that alignment (EM over the mixture components), and on
+re-estimates the GMMs from that alignment (one EM update of the mixture components), and on
 scheduled passes splits the heaviest components, up to `max_gaussians` per state
 (`silence_gaussians` for silence, which covers digital zeros, noise and room tails alike).
+After pass `lda_pass` the models start afresh over other features, as Kaldi's LDA recipe: the
+cepstra of 2 * `lda_splice` + 1 frames, projected onto the `lda_dim` directions that best tell
+that pass's states apart (Fisher's LDA). A state's frames then carry their neighbours' context
+while the spread that does not tell states apart (a room's, a speaker's) is scaled down.
+A pass is a round over shards of the sample whose statistics add up (gmm_train.py), so the
+align stage spreads training over its workers and makes the same model as `train` here.
 
 Real recordings ring and hiss, and a room's ring smears each phone into the next: unsupervised
 training then settles with boundaries 30-45 ms late. Three things keep them in place:
@@ -41,7 +47,6 @@ alignments as in the final ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,9 +56,25 @@ from . import Aligned, Backend, Clip, TrainReport
 from .degrade import Degrader, RoomDegradation
 from .features import FeatureSettings, frame_levels_db, mfcc
 from .gmm_model import GmmModel, align_features, confidence, frame_gaps, word_gaps, word_graph
-from .gmm_train import TrainItem, train_model
+from .gmm_train import (
+    PassCache,
+    Shard,
+    ShardSummary,
+    Stats,
+    TrainItem,
+    TrainState,
+    accumulate,
+    begin,
+    estimate,
+    failed_state,
+    finish,
+    passes,
+    score,
+    scored_shards,
+    shard_plan,
+    total,
+)
 from .pronounce import Phonemizer, PronounceError
-from .viterbi import augment
 
 
 @dataclass
@@ -64,7 +85,6 @@ class GmmSettings:
     max_gaussians: int  # per state
     min_phone_examples: int  # a rarer phone shares its base phone's model (r- -> r) where that is common
     min_frames_per_gaussian: int  # a state splits only with this many frames per component
-    em_steps: int  # EM updates of the mixtures per alignment pass
     variance_floor: float  # fraction of the global variance no component may go below
     silence_between_words: bool
     acoustic_scale: float  # acoustic weight against transitions, as Kaldi's
@@ -82,12 +102,18 @@ class GmmSettings:
     careful_from_pass: int  # from this pass on, a clip whose path the first beam lost trains nothing
     degraded_copies: float  # share of the training clips that also train as a room would record them
     copy_rooms: RoomDegradation  # where those copies are said
+    lda_dim: int  # from the pass after `lda_pass` on, the models see this many LDA outputs...
+    lda_splice: int  # ...of the cepstra spliced over this many frames each side; 0 dims: MFCCs and deltas
+    lda_pass: int
+    train_shards: int  # the training sample's shards, each a unit of work on one worker
 
     def validate(self, where: str) -> None:
         from ...settings import ConfigError
 
-        if self.states_per_phone < 1 or self.passes < 1 or self.max_gaussians < 1 or self.em_steps < 1:
-            raise ConfigError(f"{where}: states_per_phone, passes, max_gaussians and em_steps must be >= 1")
+        if self.states_per_phone < 1 or self.passes < 1 or self.max_gaussians < 1 or self.train_shards < 1:
+            raise ConfigError(f"{where}: states_per_phone, passes, max_gaussians and train_shards must be >= 1")
+        if self.lda_dim and not (0 <= self.lda_pass < self.passes and self.lda_splice >= 0):
+            raise ConfigError(f"{where}.lda_pass: must be below passes ({self.passes}), and lda_splice >= 0")
         if not 0 <= self.holdout < 1 or self.min_holdout < 1:
             raise ConfigError(f"{where}: holdout must be in [0, 1) and min_holdout >= 1")
         if not 0 < self.beam <= self.retry_beam:
@@ -106,12 +132,19 @@ def closed_short_pauses(spans: list[tuple[int, int]], shortest: int) -> list[tup
     return out
 
 
+# One per worker process for training across workers, where every round runs its own DoFn with its own
+# backend; at most 256 MiB of frames stay in it.
+PASS_CACHE = PassCache()
+
+
 class GmmBackend(Backend):
     name = "gmm"
+    sharded = True
 
     def __init__(self, settings: GmmSettings, features: FeatureSettings, voices: dict[str, str]):
         self.settings, self.features, self.voices = settings, features, voices
         self._phonemizers: dict[str, Phonemizer] = {}
+        self._degraders: dict[int, Degrader] = {}
 
     @classmethod
     def from_settings(cls, settings) -> GmmBackend:
@@ -141,13 +174,41 @@ class GmmBackend(Backend):
         return level
 
     def train(self, lang: str, clips: list[Clip]) -> tuple[GmmModel, TrainReport]:
+        """Serially, the same rounds the align stage runs over the workers (gmm_train.py)."""
+        shards, report = [], TrainReport()
+        for index, (held, members) in enumerate(self.shard_plan(len(clips))):
+            shard, part = self.prepare(lang, index, held, [(clips[i], copied) for i, copied in members])
+            shards.append(shard)
+            report = report.plus(part)
+        state = self.begin(lang, [x.summary() for x in shards], report.skipped)
+        cache = PassCache()  # this training's own, gone with it
+        for _ in range(self.passes):
+            state = self.estimate(state, total([self.accumulate(state, x, cache) for x in shards if not x.held]))
+        found = [self.score(state, x) for x in scored_shards(state, shards)] if state.error is None else []
+        model = self.finish(state, [g for gaps, _ in found for g in gaps], [w for _, words in found for w in words])
+        if state.failed:
+            report.skipped["alignment_failed"] = state.failed
+        return model, report
+
+    # -- training in rounds over shards (gmm_train.py) --
+
+    @property
+    def passes(self) -> int:
+        return passes(self.settings)
+
+    def shard_plan(self, n: int) -> list[tuple[bool, list[tuple[int, bool]]]]:
+        return shard_plan(n, self.settings)
+
+    def prepare(self, lang: str, index: int, held: bool, clips: list[tuple[Clip, bool]]) -> tuple[Shard, TrainReport]:
+        """A shard of training clips (clip, whether it gets a degraded copy) made ready: pronunciations,
+        features, speech frames, the copies' features; clips that cannot train are counted by reason."""
         phonemizer = self.phonemizer(self.voices.get(lang, lang))
         try:
-            pronounced = phonemizer.phones([c.words for c in clips])
+            pronounced = phonemizer.phones([c.words for c, _ in clips])
         except PronounceError as e:
             raise StageError("no_voice", f"no {lang} pronunciations: {e}") from None
         report, items = TrainReport(), []
-        for clip, phones in zip(clips, pronounced, strict=True):
+        for (clip, copied), phones in zip(clips, pronounced, strict=True):
             try:
                 level = self._levels(clip)
                 self._check_pronounced(phonemizer.voice, clip.words, phones)
@@ -156,30 +217,35 @@ class GmmBackend(Backend):
                 continue
             quiet, loud = np.percentile(level, [10, 99])
             speech = level > quiet + self.settings.speech_level * (loud - quiet)
-            feats = mfcc(clip.samples, clip.rate, self.features)
-            items.append(TrainItem(feats, augment(feats), phones, speech, clip))
+            twin = mfcc(self._degrader(clip.rate)(clip.id, clip.samples), clip.rate, self.features) if copied else None
+            items.append(TrainItem(clip.id, mfcc(clip.samples, clip.rate, self.features), phones, speech, twin))
             report.clips += 1
             report.audio_s += clip.duration_s
-        if not items:
-            raise StageError("no_training_data", f"no {lang} clip in the training sample could be used "
-                                                 f"(left out: {report.skipped})")
-        model, failed = train_model(lang, phonemizer.voice, items, self.settings, self._copier(items))
-        if failed:
-            report.skipped["alignment_failed"] = failed
-        return model, report
+        return Shard(index, items, held), report
 
-    def _copier(self, items: list[TrainItem]) -> Callable[[Clip], np.ndarray] | None:
-        """clip -> the augmented frames of its degraded copy; each rate's pool of rooms is made once."""
-        if not self.settings.degraded_copies or not items:
-            return None
-        pools: dict[int, Degrader] = {}
+    def begin(self, lang: str, summaries: list[ShardSummary], skipped: dict | None = None) -> TrainState:
+        return begin(lang, self.phonemizer(self.voices.get(lang, lang)).voice, summaries, self.settings, skipped)
 
-        def copy(clip: Clip) -> np.ndarray:
-            if clip.rate not in pools:
-                pools[clip.rate] = Degrader(self.settings.copy_rooms, clip.rate)
-            return augment(mfcc(pools[clip.rate](clip.id, clip.samples), clip.rate, self.features))
+    def failed_state(self, lang: str, error: StageError) -> TrainState:
+        return failed_state(lang, error)
 
-        return copy
+    def accumulate(self, state: TrainState, shard: Shard, cache: PassCache = PASS_CACHE) -> Stats:
+        return accumulate(state, shard, self.settings, cache)
+
+    def estimate(self, state: TrainState, stats: Stats) -> TrainState:
+        return estimate(state, stats, self.settings)
+
+    def score(self, state: TrainState, shard: Shard) -> tuple[list[float], list[float]]:
+        return score(state, shard, self.settings)
+
+    def finish(self, state: TrainState, gaps: list[float], per_word: list[float]) -> GmmModel:
+        return finish(state, gaps, per_word, self.settings)
+
+    def _degrader(self, rate: int) -> Degrader:
+        """Each rate's pool of rooms for the degraded copies, made once per worker."""
+        if rate not in self._degraders:
+            self._degraders[rate] = Degrader(self.settings.copy_rooms, rate)
+        return self._degraders[rate]
 
     def align(self, model: GmmModel, clips: list[Clip]) -> list[Aligned | StageError]:
         pronounced = self.phonemizer(model.voice).phones([c.words for c in clips])
@@ -189,7 +255,7 @@ class GmmBackend(Backend):
         try:
             self._levels(clip)
             self._check_pronounced(model.voice, clip.words, phones)
-            frames = augment(mfcc(clip.samples, clip.rate, self.features))
+            frames = model.frames(mfcc(clip.samples, clip.rate, self.features))
             found = align_features(model, frames, word_graph(model, phones, self.settings), self.settings)
             frame = frame_gaps(model, frames, found.path_pdfs)
             gap = float(frame.mean())

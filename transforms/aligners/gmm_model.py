@@ -11,7 +11,7 @@ import numba
 import numpy as np
 
 from ..records import StageError
-from .viterbi import Graph, best_component, build_graph, gaussian_weights, viterbi
+from .viterbi import Graph, augment, best_component, build_graph, gaussian_weights, viterbi
 
 if TYPE_CHECKING:
     from .gmm import GmmSettings
@@ -42,6 +42,11 @@ class GmmModel:
     # the words' mean per-frame gaps; empty: no confidence.
     clip_gap_quantiles: np.ndarray = field(default_factory=lambda: np.zeros(0))
     word_gap_quantiles: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # LDA: the first `splice_dims` columns of the features, spliced over +-`splice` frames (`spliced`),
+    # times `projection` (inputs, outputs); None: the features as they are.
+    projection: np.ndarray | None = None
+    splice: int = 0
+    splice_dims: int = 0
     _scoring: tuple | None = field(default=None, repr=False, compare=False)
 
     def scoring(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -57,10 +62,29 @@ class GmmModel:
                              gaussian_weights(mean, variance, np.zeros(len(mean))))
         return self._scoring
 
+    def frames(self, feats: np.ndarray) -> np.ndarray:
+        """What the model scores: `feats` (mfcc) projected as it was trained, augmented."""
+        return augment(project(feats, self.projection, self.splice, self.splice_dims))
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_scoring"] = None
         return state
+
+
+def spliced(feats: np.ndarray, splice: int) -> np.ndarray:
+    """(frames, D * (2 * splice + 1)): each frame with its `splice` neighbours on each side, edges repeated."""
+    if splice == 0:
+        return feats
+    at = np.clip(np.arange(len(feats))[:, None] + np.arange(-splice, splice + 1), 0, len(feats) - 1)
+    return feats[at].reshape(len(feats), -1)
+
+
+def project(feats: np.ndarray, projection: np.ndarray | None, splice: int, dims: int) -> np.ndarray:
+    """`feats` as a model or mixtures over projected features see them (GmmModel.projection)."""
+    if projection is None:
+        return feats
+    return (spliced(np.ascontiguousarray(feats[:, :dims]), splice) @ projection).astype(np.float32)
 
 
 def base_phone(name: str) -> str:

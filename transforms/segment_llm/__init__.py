@@ -7,9 +7,10 @@ One request carries several utterances (`batch_size`) so the prompt and its work
 are paid once per batch; requests run `concurrency` at a time behind a client-side rate
 limit, and 429 (honouring Retry-After), 5xx and timeouts are retried with exponential
 backoff and jitter. Every answer is validated; an invalid one gets one repair re-ask with
-the reasons, then becomes a reject. Only valid answers are cached, in sqlite, keyed by
-(model, prompt version, levels, input), so a re-run of the same configuration makes no calls.
-The Batch API writes the same requests as JSONL and collects the answers into the same cache.
+the reasons, then becomes a reject. Only valid answers are cached, one object each under
+`cache_dir` (any Beam filesystem, shared by every worker), keyed by a hash of the input, model,
+prompt, levels and temperature, so a re-run of the same configuration makes no calls wherever it
+runs. The Batch API writes the same requests as JSONL and collects the answers into the same cache.
 
 The API key is read from the environment where it is used and never written anywhere; every
 string that came from a server is redacted before it goes anywhere, and an answer holding the

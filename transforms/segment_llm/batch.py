@@ -1,5 +1,6 @@
 """The Batch API: the online mode's requests as JSONL, submitted, polled and collected into the
-same answer cache; the next pipeline run then finds the answers there.
+same answer cache (objects under cache_dir, keyed as the online mode keys them); the next pipeline
+run, on any worker, then finds the answers there.
 
 work dir layout: requests-NNNNN.jsonl (what is uploaded), items.jsonl (which utterances each
 request carries), state.json (file and batch ids, status, what was collected). Every step
@@ -19,7 +20,7 @@ from .answers import InvalidAnswer, validate_all
 from .cache import AnswerCache
 from .client import make_openai_client
 from .keys import api_key, scrub
-from .prompt import Item, Prompt, build_messages, load_prompt, make_item, request_body
+from .prompt import Item, Prompt, answer_identity, build_messages, load_prompt, make_item, request_body
 from .segmenter import group_items
 from .settings import LlmSettings, local_path
 
@@ -40,7 +41,20 @@ def _save_state(work_dir: Path, state: dict[str, Any]) -> None:
 
 
 def _identity(settings: LlmSettings, prompt: Prompt, levels: Sequence[str]) -> dict[str, Any]:
-    return {"model": settings.model, "prompt_version": prompt.version, "levels": list(levels)}
+    """What the batch was asked with; the answer keys hash the same (prompt.answer_identity)."""
+    return {"model": settings.model, "prompt_version": prompt.version, "levels": list(levels),
+            "answer_identity": answer_identity(settings, prompt, levels)}
+
+
+def _check_identity(state: dict[str, Any], settings: LlmSettings, prompt: Prompt, levels: Sequence[str],
+                    wd: Path) -> None:
+    """The answers of a batch are cached under the keys it was written with: another model, prompt,
+    levels or temperature (or a batch_dir from before the keys hashed all of these) would file them
+    where no run looks."""
+    expected = _identity(settings, prompt, levels)
+    if {k: state.get(k) for k in expected} != expected:
+        raise ConfigError(f"{wd} holds a batch for another model, prompt, levels or temperature (or from an "
+                          f"older simulforge); use a fresh batch_dir")
 
 
 def submit(
@@ -54,8 +68,8 @@ def submit(
     state = _load_state(wd)
     if state is None:
         state = _write_requests(settings, levels, prompt, utts, wd)
-    elif {k: state[k] for k in ("model", "prompt_version", "levels")} != _identity(settings, prompt, levels):
-        raise ConfigError(f"{wd} holds a batch for another model, prompt or levels; use a fresh batch_dir")
+    else:
+        _check_identity(state, settings, prompt, levels, wd)
     client = make_openai_client(settings, key, max_retries=settings.max_retries)
     for part in state["batches"]:
         if not part.get("input_file_id"):
@@ -74,15 +88,15 @@ def submit(
 def _write_requests(
     settings: LlmSettings, levels: Sequence[str], prompt: Prompt, utts: Iterable[Utterance], wd: Path
 ) -> dict[str, Any]:
-    cache = AnswerCache(settings.cache_path)
+    cache = AnswerCache(settings.cache_dir)
+    identity = answer_identity(settings, prompt, levels)
     seen: set[str] = set()
     pending = []
     for u in utts:
-        it = make_item(u, settings.model, prompt, levels)
-        if it.key not in seen and cache.get(it.key) is None:
+        it = make_item(u, identity)
+        if it.key not in seen and cache.get(it) is None:
             pending.append(it)
         seen.add(it.key)
-    cache.close()
     groups = group_items(pending, settings.batch_size)
     structured = settings.structured_output != "plain"
     parts = []
@@ -143,6 +157,9 @@ def status(settings: LlmSettings, work_dir: str) -> dict[str, Any]:
 def collect(settings: LlmSettings, levels: Sequence[str], work_dir: str) -> dict[str, int]:
     """Validate the answers of finished batches into the cache; invalid ones are asked online later."""
     wd = local_path(work_dir, "batch_dir")
+    state = _load_state(wd)
+    if state is not None:
+        _check_identity(state, settings, load_prompt(settings.prompt, levels), levels, wd)
     state = status(settings, work_dir)
     key = api_key(settings)
     client = make_openai_client(settings, key, max_retries=settings.max_retries)
@@ -156,7 +173,7 @@ def collect(settings: LlmSettings, levels: Sequence[str], work_dir: str) -> dict
         "completion_tokens": 0,
         "pending_batches": 0,
     }
-    cache = AnswerCache(settings.cache_path)
+    cache = AnswerCache(settings.cache_dir)
     try:
         for part in state["batches"]:
             if part.get("collected"):
@@ -216,5 +233,5 @@ def _collect_line(
         if isinstance(results[it.key], InvalidAnswer):
             counts["invalid"] += 1
         else:
-            cache.put(it.key, results[it.key])
+            cache.put(it, results[it.key])
             counts["valid"] += 1

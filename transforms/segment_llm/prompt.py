@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import string
 from collections.abc import Sequence
@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ...settings import ConfigError
+from ..objects import digest
 from ..records import Utterance
 from .settings import LlmSettings
 
@@ -73,23 +74,32 @@ class Item:
     translations: dict[str, str]
 
 
-def make_item(utt: Utterance, model: str, prompt: Prompt, levels: Sequence[str]) -> Item:
-    source = norm(utt.source_text)
-    translations = {lang: norm(utt.translations[lang]) for lang in sorted(utt.translations)}
-    key = hashlib.sha256(
-        json.dumps(
-            {
-                "model": model,
-                "prompt": prompt.version,
-                "levels": list(levels),
-                "source": source,
-                "translations": translations,
-            },
-            ensure_ascii=False,
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()
-    return Item(key, source, translations)
+def answer_identity(settings: LlmSettings, prompt: Prompt, levels: Sequence[str]) -> dict[str, Any]:
+    """Everything besides the texts that shapes an answer: the model, the prompt (its version and
+    its whole text, so an edit without a version bump still asks again), the levels, and the
+    sampling temperature. The server's address is not in it: one model name, one model."""
+    return {
+        "model": settings.model,
+        "prompt": prompt.version,
+        "prompt_text": digest(dataclasses.asdict(prompt)),
+        "levels": list(levels),
+        "temperature": settings.temperature,
+    }
+
+
+def answer_key(identity: dict[str, Any], utt: Utterance) -> str:
+    """The cache key of an utterance's answer: a hash of its normalised texts and the identity."""
+    source, translations = _texts(utt)
+    return digest({**identity, "source": source, "translations": translations})
+
+
+def _texts(utt: Utterance) -> tuple[str, dict[str, str]]:
+    return norm(utt.source_text), {lang: norm(utt.translations[lang]) for lang in sorted(utt.translations)}
+
+
+def make_item(utt: Utterance, identity: dict[str, Any]) -> Item:
+    source, translations = _texts(utt)
+    return Item(answer_key(identity, utt), source, translations)
 
 
 def _items_json(items: Sequence[Item]) -> str:

@@ -10,16 +10,23 @@ from dataclasses import dataclass
 
 from ..records import Segmentation, StageError, Utterance
 from .answers import InvalidAnswer, validate_all
-from .cache import AnswerCache
+from .cache import AnswerCache, legacy_sqlite, log
 from .client import Completion, LlmClient
 from .keys import api_key, redact
-from .prompt import Item, build_messages, fill, load_prompt, make_item
-from .settings import LlmSettings, local_path
+from .prompt import Item, answer_identity, build_messages, fill, load_prompt, make_item
+from .settings import LlmSettings
+
+LOOKUPS = 16  # cache reads in flight: an object store answers each in tens of milliseconds
 
 
 def check_ready(settings: LlmSettings, levels: Sequence[str]) -> None:
     """Everything the llm backend needs, checked once before the pipeline starts."""
-    local_path(settings.cache_path, "cache_path")
+    AnswerCache(settings.cache_dir)
+    old = legacy_sqlite(settings.cache_dir)
+    if old:
+        log.warning("segment llm: %s (the answer cache of an older simulforge) is not read: its keys lack the "
+                    "temperature and prompt text that today's keys hash, so its answers are asked again "
+                    "into %s; delete it when you like", old, settings.cache_dir)
     load_prompt(settings.prompt, levels)
     LlmClient(settings, api_key(settings)).preflight()
 
@@ -67,31 +74,33 @@ class LlmSegmenter:
     def __init__(self, settings: LlmSettings, levels: Sequence[str]):
         self.settings, self.levels = settings, list(levels)
         self.prompt = load_prompt(settings.prompt, levels)
+        self.identity = answer_identity(settings, self.prompt, self.levels)
         self.key = api_key(settings)
         self.client = LlmClient(settings, self.key)
-        self.cache = AnswerCache(settings.cache_path)
+        self.cache = AnswerCache(settings.cache_dir)
 
     def close(self) -> None:
         self.cache.close()
 
     def segment(self, utts: Sequence[Utterance]) -> list[Outcome]:
-        """One Outcome per utterance, in order."""
-        items = [make_item(u, self.settings.model, self.prompt, self.levels) for u in utts]
-        outcomes: dict[str, Outcome] = {}
-        pending: dict[str, Item] = {}
-        for it in items:
-            if it.key in outcomes or it.key in pending:
-                continue
-            cached = self.cache.get(it.key)
-            if cached is not None:
-                outcomes[it.key] = Outcome(segmentations=cached, cache_hit=True)
-            else:
-                pending[it.key] = it
+        """One Outcome per utterance, in order. Copies of one utterance's texts are asked once; the
+        first copy carries the request and token counts, so their sums are what the server saw."""
+        items = [make_item(u, self.identity) for u in utts]
+        distinct = list({it.key: it for it in items}.values())
+        with ThreadPoolExecutor(max_workers=LOOKUPS) as pool:
+            cached = dict(zip([it.key for it in distinct], pool.map(self.cache.get, distinct), strict=True))
+        outcomes = {key: Outcome(segmentations=segs, cache_hit=True) for key, segs in cached.items() if segs is not None}
+        pending = [it for it in distinct if it.key not in outcomes]
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-            for result in pool.map(self._ask, group_items(list(pending.values()), self.settings.batch_size)):
+            for result in pool.map(self._ask, group_items(pending, self.settings.batch_size)):
                 outcomes.update(result)
-        # duplicates of one utterance share an answer but each gets its own Outcome
-        return [dataclasses.replace(outcomes[it.key]) for it in items]
+        out, seen = [], set()
+        for it in items:
+            first = outcomes[it.key]
+            out.append(dataclasses.replace(first) if it.key not in seen else dataclasses.replace(
+                first, requests=0.0, repair_requests=0.0, retries=0.0, prompt_tokens=0.0, completion_tokens=0.0))
+            seen.add(it.key)
+        return out
 
     def _ask(self, items: list[Item]) -> dict[str, Outcome]:
         outcomes = self._ask_once(items)
@@ -137,7 +146,7 @@ class LlmSegmenter:
                         results[it.key] = retried[it.key]
         for it in items:
             if not outcomes[it.key].reason and not isinstance(results[it.key], InvalidAnswer):
-                self.cache.put(it.key, results[it.key])
+                self.cache.put(it, results[it.key])
                 outcomes[it.key].segmentations = results[it.key]
         return outcomes
 

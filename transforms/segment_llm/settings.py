@@ -1,4 +1,4 @@
-"""The `segment.llm` settings, and the local paths they name."""
+"""The `segment.llm` settings, and the local path the Batch API needs."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class LlmSettings:
     backoff_s: float  # first retry delay; doubles each retry, with jitter
     backoff_max_s: float
     timeout_s: float  # per request
-    cache_path: str | None  # null: <work_dir>/segment_llm.sqlite (resolved when the config loads)
+    cache_dir: str | None  # answer objects, any filesystem URL; null: <work_dir>/llm_answers (set when the config loads)
     batch_dir: str | None  # work folder of the Batch-API mode (requests, state); null: <work_dir>/segment_batch
     batch_max_requests: int  # requests per submitted batch file
 
@@ -42,12 +42,13 @@ class LlmSettings:
 
 
 def local_path(path: str | None, key: str) -> Path:
-    """`segment.llm.<key>` as a local path: sqlite and the batch files need a local file system
-    (on a cluster, a shared mount). Null is resolved under work_dir when the config loads."""
+    """`segment.llm.<key>` as a local path: the Batch API's request and state files are written by
+    the one machine that runs `segment-batch` (its answers go to the shared cache_dir). Null is
+    resolved under work_dir when the config loads."""
     if not path:
         raise ConfigError(f"segment.llm.{key}: not set; load the config with pipeline.config.load "
                           f"(which puts it under work_dir) or give a path")
     if "://" in path:
-        raise ConfigError(f"segment.llm.{key}: {path} is not a local path; the LLM cache and batch "
-                          f"files need one (on a cluster, a folder every worker mounts)")
+        raise ConfigError(f"segment.llm.{key}: {path} is not a local path; the Batch API's files need "
+                          f"one on the machine that runs segment-batch")
     return Path(path)
