@@ -133,7 +133,8 @@ def _simulate(utts, s, timed):
     groups = by_key(pairing.group_key(u, sizes, s.simulate.pairing.group_size) for u in utts)
     plans = timed(pairing.PAIRING_STAGE, lambda: [p for (split, group), members in groups for p in kept(
         pairing.plan_conversations(split, group, members, s.simulate))])
-    render = partial(simulate.render_conversation, settings=s.simulate, room_specs=simulate.room_pool(s.simulate))
+    render = partial(simulate.render_conversation, settings=s.simulate, room_specs=simulate.room_pool(s.simulate),
+                     audio_dir=files.join(s.work_dir, "conversations"))
     cache = rooms.RirCache(s.simulate.room.rir_cache_size)
     return timed(simulate.STAGE, lambda: [c for p in plans for c in kept(render(p, cache))])
 

@@ -89,7 +89,7 @@ def _simulate(utts, s: CurateSettings):
     if sot.mode == "word" and sot.latency_level not in s.segment.levels:
         raise ConfigError(f"simulate.sot.latency_level: {sot.latency_level!r} is not one of segment.levels "
                           f"{s.segment.levels}")
-    return utts | "Simulate" >> Simulate(s.simulate)
+    return utts | "Simulate" >> Simulate(s.simulate, files.join(s.work_dir, "conversations"))
 
 
 # -- What the run reports of them ----------------------------------------------------------------

@@ -66,6 +66,10 @@ CLIPS = Path(tempfile.mkdtemp(prefix="simulforge-simulate-"))
 atexit.register(shutil.rmtree, CLIPS, ignore_errors=True)
 
 
+def _audio_of(conversation: Conversation) -> bytes:
+    return Path(conversation.audio.path).read_bytes()
+
+
 def _with_clip(utt: Utterance, data: bytes) -> Utterance:
     path = CLIPS / f"{hashlib.sha256(data).hexdigest()}.flac"
     path.write_bytes(data)
@@ -124,7 +128,8 @@ def _pair(split, group, utterances, settings) -> list:
 def _render(plan, settings, cache=None):
     items = list(
         simulate.render_conversation(
-            plan, cache or rooms.RirCache(4), settings=settings, room_specs=simulate.room_pool(settings)
+            plan, cache or rooms.RirCache(4), settings=settings, room_specs=simulate.room_pool(settings),
+            audio_dir=str(CLIPS / "conversations"),
         )
     )
     conversations = [c for c in items if isinstance(c, Conversation)]
@@ -365,7 +370,7 @@ def test_rendered_conversation_audio_labels_and_levels():
     settings = simulate.load_settings({**FAST, "mix": {"snr_db": [40.0, 40.0]}})
     plan = _plans(_utterances(12, speakers=2, seconds=(2.0, 3.0)), settings)[0]
     conversation, items = _render(plan, settings)
-    audio, fs = sf.read(io.BytesIO(conversation.flac), dtype="float32")
+    audio, fs = sf.read(conversation.audio.path, dtype="float32")
     assert fs == FS and audio.shape == (plan.duration_ms() * FS // 1000, 7) and conversation.channels == 7
     assert conversation.segments == plan.segments()
     labels = sot.labels(plan.timed_turns(), settings.labels.tokens(), settings.sot)
@@ -394,15 +399,31 @@ def test_rendered_conversation_audio_labels_and_levels():
     assert any(isinstance(s, Stat) and s.name == "rir_cache/miss" for s in items)
 
 
+def test_a_conversation_record_points_at_its_audio_instead_of_carrying_it():
+    """Publish groups a split's conversations into one shard: with the audio inside the records, a
+    group at demo x8 was gigabytes, and Beam's in-process runner dropped 49 of 835 conversations on
+    the way (the run failed its count check). The record holds the FLAC's path; the FLAC is an object
+    named by its bytes, so a retried or repeated render writes the same file."""
+    import pickle
+
+    settings = simulate.load_settings(FAST)
+    conversation, _ = _render(_plans(_utterances(10, speakers=3), settings)[0], settings)
+    audio = _audio_of(conversation)
+    assert len(pickle.dumps(conversation)) < len(audio) / 10
+    assert Path(conversation.audio.path).name == f"{hashlib.sha256(audio).hexdigest()}.flac"
+    assert conversation.audio.sampling_rate == FS and conversation.audio.duration_s == pytest.approx(
+        sf.info(conversation.audio.path).duration)
+
+
 def test_two_runs_with_one_seed_give_identical_bytes():
     settings = simulate.load_settings(FAST)
     plans = _plans(_utterances(10, speakers=3), settings)[:3]
     shared = rooms.RirCache(4)
-    first = [_render(p, settings, shared)[0].flac for p in plans]
-    again = [_render(p, settings, rooms.RirCache(0))[0].flac for p in plans]  # recomputed RIRs, fresh run
+    first = [_audio_of(_render(p, settings, shared)[0]) for p in plans]
+    again = [_audio_of(_render(p, settings, rooms.RirCache(0))[0]) for p in plans]  # recomputed RIRs, fresh run
     assert first == again
     other_seed = simulate.load_settings({**FAST, "seed": 99})
-    assert _render(_plans(_utterances(10, speakers=3), other_seed)[0], other_seed)[0].flac not in first
+    assert _audio_of(_render(_plans(_utterances(10, speakers=3), other_seed)[0], other_seed)[0]) not in first
 
 
 def test_beamformer_adds_steered_channels():
@@ -416,7 +437,7 @@ def test_beamformer_adds_steered_channels():
     conversation, _ = _render(_plans(_utterances(6, speakers=2), settings)[0], settings)
     assert conversation.channels == 8
     assert conversation.room["channel_names"][-2:] == ["beam_self", "beam_other"]
-    assert sf.info(io.BytesIO(conversation.flac)).channels == 8
+    assert sf.info(conversation.audio.path).channels == 8
 
 
 def test_undecodable_and_silent_audio_are_rejected_per_conversation():
@@ -473,7 +494,8 @@ def test_rows_load_with_datasets_and_decode_to_channels_by_samples(tmp_path):
 def _digester():
     def digest(conversation: Conversation) -> str:
         labels = [conversation.sot_text, conversation.sot_translations, conversation.words]
-        return hashlib.sha256(conversation.flac + json.dumps(labels, sort_keys=True).encode()).hexdigest()
+        with open(conversation.audio.path, "rb") as f:
+            return hashlib.sha256(f.read() + json.dumps(labels, sort_keys=True).encode()).hexdigest()
 
     return digest
 
@@ -487,7 +509,7 @@ def _run_beam(utterances, settings, out_dir, options):
     """{conversation id: sha256 of its FLAC}, the reject reasons and the summed stats of one Beam run."""
     with beam.Pipeline(options=PipelineOptions(options)) as pipeline:
         conversations, rejects, stats = (
-            pipeline | beam.Create(utterances) | beam.Reshuffle() | simulate.Simulate(settings)
+            pipeline | beam.Create(utterances) | beam.Reshuffle() | simulate.Simulate(settings, str(out_dir / "audio"))
         )
         (
             conversations

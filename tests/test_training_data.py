@@ -111,9 +111,15 @@ def simulst_rows_of(utts, rate: int = RATE) -> tuple[datasets.Features, list[dic
     return features, [row(_timed(u), LANGS, LEVELS, block_samples=block, sampling_rate=rate) for u in utts]
 
 
+def _written(path: str, data: bytes) -> str:
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
 def _conversations(utts, rate: int = RATE):
     from simulforge.pipeline.dataset_configs.conversations import conversation_features, row
-    from simulforge.transforms.records import Conversation
+    from simulforge.transforms.records import AudioRef, Conversation
     from simulforge.transforms.simulate import _flac
     from simulforge.transforms.sot import segment_table, sot_text, sot_translations
 
@@ -139,7 +145,8 @@ def _conversations(utts, rate: int = RATE):
                   "source_positions_m": {"self": [1.1, 1.2, 1.6], "other": [3.0, 4.0, 1.6]}, "snr_db": 20.0,
                   "channel_names": ["left", "right"]},
             segments=table, sot_text=sot_text(table, tokens), sot_translations=sot_translations(table, tokens),
-            flac=_flac(channels, rate))
+            audio=AudioRef(_written(os.path.join(os.path.dirname(a.audio.path), f"conv_{k}.flac"),
+                                    _flac(channels, rate))))
         rows.append(row(conv, LANGS))
     return rows, conversation_features(LANGS, rate)
 

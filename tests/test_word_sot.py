@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from itertools import pairwise
 
@@ -17,7 +16,7 @@ from simulforge.models.jstar import JointTask, JstarConfig
 from simulforge.pipeline.dataset_configs import conversations as conversations_config
 from simulforge.training.config import ConfigError
 from simulforge.transforms import sot
-from simulforge.transforms.records import Conversation
+from simulforge.transforms.records import AudioRef, Conversation
 
 TOKENS = {sot.SELF: "<SELF>", sot.OTHER: "<OTHER>"}
 
@@ -78,17 +77,18 @@ WORDS = [(sot.SELF, "I", 0.3), (sot.SELF, "think", 0.6), (sot.OTHER, "Wait,", 0.
 
 def _dataset(tmp_path, rows: list[tuple[str, list]]):
     """A `conversations` split whose rows have these (sot_text, words), with 2-channel silence for audio."""
-    buffer = io.BytesIO()
-    sf.write(buffer, np.zeros((16000, 2), np.float32), 16000, format="FLAC")
+    tmp_path.mkdir()
+    silence = tmp_path / "silence.flac"
+    sf.write(silence, np.zeros((16000, 2), np.float32), 16000, format="FLAC")
     convs = [Conversation(
         id=f"conv{k}", split="train", channels=2, sampling_rate=16000, room={}, sot_text=text, sot_translations={},
         segments=[{"speaker": sot.SELF, "source_speaker": "a", "start_s": 0.0, "end_s": 1.0, "utterance_id": "u",
                    "text": ""}],
-        words=[{"word": w, "speaker": s, "start_s": e - 0.2, "end_s": e} for s, w, e in words], flac=buffer.getvalue())
+        words=[{"word": w, "speaker": s, "start_s": e - 0.2, "end_s": e} for s, w, e in words],
+        audio=AudioRef(str(silence)))
         for k, (text, words) in enumerate(rows)]
     features = conversations_config.conversation_features([], 16000)
     table = pa.Table.from_pylist([conversations_config.row(c, []) for c in convs], schema=features.arrow_schema)
-    tmp_path.mkdir()
     pq.write_table(table, tmp_path / "train.parquet")
     return datasets.load_dataset("parquet", data_files=str(tmp_path / "train.parquet"), split="train")
 

@@ -25,6 +25,11 @@ def digest(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def digest_bytes(data: bytes) -> str:
+    """sha256 of `data`, hex: the key of an object that is its own content."""
+    return hashlib.sha256(data).hexdigest()
+
+
 class Objects:
     """Objects named by a hex key under `root`, fanned out by the key's first two characters
     (a local folder stays small; object stores spread the load over prefixes)."""

@@ -97,7 +97,9 @@ class Conversation:
     segments: list[dict[str, Any]]  # speaker, start_s, end_s, utterance_id, text, translations
     sot_text: str
     sot_translations: dict[str, str]
-    flac: bytes | None = None  # C-channel FLAC
+    # The C-channel FLAC, written by the render stage under the work dir: records stay small (a
+    # shard's worth of conversations' audio in one group is gigabytes), publish reads the bytes.
+    audio: AudioRef | None = None
     # Every word of both speakers in word order: word, speaker, start_s, end_s (conversation time).
     words: list[dict[str, Any]] = field(default_factory=list)
 

@@ -8,6 +8,8 @@ Two pure steps, each a stage of its own that balances (in == out + rejected):
 2. `simulate/render`: `render_conversation` turns a plan into audio (RIRs of a pooled room, FFT
    convolution, diffuse noise, optional beams, loudness and clipping guard), FLAC and labels
    (sot.py: SOT in word or utterance order, the timed words); it counts planned conversations.
+   The FLAC goes to `audio_dir` (under the work dir) as an object named by its hash, and the
+   record points at it, as an utterance points at its clip.
 
 The utterances come from the align stage: word-level SOT needs their word times, so an utterance
 that segment or align rejected is in no conversation (counted in those stages' rejects), and one
@@ -29,6 +31,7 @@ import soundfile as sf
 from ..settings import ConfigError, load_stage
 from . import rooms, sot
 from .audio import clip_file
+from .objects import Objects, digest_bytes
 from .pairing import (
     PAIRING_STAGE,
     ConversationPlan,
@@ -37,7 +40,7 @@ from .pairing import (
     group_key,
     plan_conversations,
 )
-from .records import Conversation, Reject, StageError, Stat, Utterance
+from .records import AudioRef, Conversation, Reject, StageError, Stat, Utterance
 from .stage import run_stage
 
 STAGE = "simulate/render"  # counts planned conversations; PAIRING_STAGE counts utterances
@@ -99,6 +102,7 @@ def render_conversation(
     *,
     settings: SimulateSettings,
     room_specs: list[rooms.RoomSpec],
+    audio_dir: str,
 ) -> Iterator[Conversation | Reject | Stat]:
     """Audio and labels of one planned conversation (the per-record function of the stage)."""
     try:
@@ -160,6 +164,8 @@ def render_conversation(
     yield from _sot_stats(labels)
     yield Stat(STAGE, "audio_s", samples / fs)
     yield Stat(STAGE, "overlap_s", sot.overlap_s(segments))
+    flac = _flac(channels, fs)
+    path = Objects(audio_dir, suffix=".flac").put(digest_bytes(flac), flac)
     yield Conversation(
         id=plan.id,
         split=plan.split,
@@ -175,7 +181,7 @@ def render_conversation(
         segments=segments,
         sot_text=labels.sot_text,
         sot_translations=labels.sot_translations,
-        flac=_flac(channels, fs),
+        audio=AudioRef(path, 0.0, samples / fs, fs),
         words=labels.words,
     )
 
@@ -211,9 +217,9 @@ def _split_of(utt: Utterance) -> tuple[str, None]:
 class Simulate(beam.PTransform):
     """Utterances → (conversations, rejects, stats) of both stages."""
 
-    def __init__(self, settings: SimulateSettings):
+    def __init__(self, settings: SimulateSettings, audio_dir: str):
         super().__init__()
-        self.settings = settings
+        self.settings, self.audio_dir = settings, audio_dir
 
     def expand(self, utterances):
         s = self.settings
@@ -229,7 +235,7 @@ class Simulate(beam.PTransform):
         conversations, rejects, stats = run_stage(
             plans | "Spread" >> beam.Reshuffle(),
             STAGE,
-            partial(render_conversation, settings=s, room_specs=specs),
+            partial(render_conversation, settings=s, room_specs=specs, audio_dir=self.audio_dir),
             setup=partial(rooms.RirCache, s.room.rir_cache_size),
         )
         return (

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Audio, Features, List, Value
 
+from ...transforms import files
 from ...transforms.records import Conversation
 from ...transforms.sot import rttm_text
 from .. import plots
@@ -148,7 +149,7 @@ def row(conversation: Conversation, languages: Sequence[str]) -> dict[str, Any]:
         "id": conversation.id,
         "split": conversation.split,
         "duration": max(s["end_s"] for s in conversation.segments),
-        "audio": {"bytes": conversation.flac, "path": f"{conversation.id}.flac"},
+        "audio": {"bytes": files.read_bytes(conversation.audio.path), "path": f"{conversation.id}.flac"},
         "segments": [_segment(s, languages) for s in conversation.segments],
         "sot_text": conversation.sot_text,
         **translations,
