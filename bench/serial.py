@@ -2,7 +2,7 @@
 default) on the multi-process runner with 1 and with 2 workers, and sample the machine's busy cores
 (/proc/stat) every 0.2 s while each runs.
 
-    python -m bench.serial [--scale 8] [--workers 2]
+    python -m bench.serial [--scale 8] [--workers 2] [--set KEY=VALUE ...]
 
 - serial fraction: the time with at most one core busy (< 1.5 cores) ÷ the wall time of the
   N-worker run; what stays serial (one worker training, the runner's start and end) shows here;
@@ -58,10 +58,11 @@ class BusyCores:
         self._thread.join()
 
 
-def measure(root, workers: int) -> dict:
+def measure(root, workers: int, overrides: list[str] = ()) -> dict:
+    sets = [flag for kv in overrides for flag in ("--set", kv)]
     with BusyCores() as busy:
         run = curate(root, f"serial_w{workers}", "--runner-profile", "direct-mp",
-                     f"--direct_num_workers={workers}")
+                     f"--direct_num_workers={workers}", *sets)
     one_core = sum(PERIOD_S for s in busy.samples if s < 1.5)
     return {"wall_s": round(run["wall_s"], 2), "cpu_s": round(run["cpu_s"], 2),
             "audio_s": round(run["audio_s"], 1), "one_core_busy_s": round(one_core, 2),
@@ -72,10 +73,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=float, default=8.0, help="corpus size, × the demo set")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for both runs, as curate's --set (repeatable)")
     args = ap.parse_args(argv)
     root = demo(args.scale)
-    one, many = measure(root, 1), measure(root, args.workers)
-    result = {"scale": args.scale, "cpus": os.cpu_count(), "workers_1": one, f"workers_{args.workers}": many,
+    one, many = measure(root, 1, args.set), measure(root, args.workers, args.set)
+    result = {"scale": args.scale, "cpus": os.cpu_count(), "set": args.set, "workers_1": one,
+              f"workers_{args.workers}": many,
               "cpu_ratio": round(many["cpu_s"] / one["cpu_s"], 3)}
     (OUT / "serial.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -17,12 +17,17 @@ from simulforge.pipeline.dataset_configs.simulst import row, simulst_features
 from simulforge.pipeline.summaries import align_card_section, align_summary
 from simulforge.transforms.align import (
     ERROR_BUCKET_MS,
+    LOADED_SHARDS,
     Align,
+    LoadedShards,
     SampleEntry,
     Train,
     TrainingSample,
+    _Prepare,
     load_settings,
     model_key,
+    shard_objects,
+    shard_tasks,
     to_clip,
     training_entry,
 )
@@ -314,6 +319,8 @@ def test_training_on_two_workers_makes_the_serial_model_and_a_rerun_reads_it(sam
     assert _same_model(model, serial) and model.projection is not None
     assert stats["train/clips"] == report.clips and "train/cached" not in stats
     assert len(list((tmp_path / "aligners").rglob("*.pkl"))) == 1
+    # The rounds read the prepared shards from the cache folder, one object per shard of the plan.
+    assert len(list((tmp_path / "aligners" / "shards").rglob("*.shard"))) == len(backend.shard_plan(len(entries)))
     settings.train_across_workers = False  # the same model: the same key
     again, stats = _train_in_pipeline(entries, settings, tmp_path)  # one worker, the cache filled
     assert _same_model(again, serial)
@@ -336,9 +343,64 @@ def test_a_cached_model_is_keyed_by_its_sample_and_settings(sample):
     assert model_key("en", entries, other) != key
 
 
+def test_rounds_pass_prepared_shards_by_key_and_a_worker_reads_each_once(sample, tmp_path):
+    entries, settings = sample
+    entries = entries[:40]  # 8 training shards, 8 held-out clips to score
+    settings.train_across_workers, settings.cache_dir = True, str(tmp_path / "aligners")
+    key = model_key("en", entries, settings)
+    prepare = _Prepare(settings)
+    prepare.setup()
+    try:
+        tasks = list(shard_tasks(("en", (key, entries)), prepare.backend))
+        [(_, ref)] = [x for x in prepare.process(tasks[0]) if not isinstance(x, beam.pvalue.TaggedOutput)]
+    finally:
+        prepare.teardown()
+    # The element names the shard; its features lie in the object, written once.
+    shard = pickle.loads(shard_objects(settings).get(ref.key))
+    assert len(pickle.dumps(ref)) < 4096 < sum(item.feats.nbytes for item in shard.items)
+    assert ref.summary.items == len(shard.items) == len(tasks[0][1][2])
+    # Every round of an in-process run reads its shards from this process's LOADED_SHARDS: once each.
+    before = LOADED_SHARDS.reads
+    model, stats = _train_in_pipeline(entries, settings, tmp_path)
+    assert LOADED_SHARDS.reads - before == len(tasks) == 16
+    assert model.mismatch_limit is not None and stats["train/cpu_s"] > 0
+    with pytest.raises(FileNotFoundError, match=r"prepared training shard .*\.shard is gone"):
+        LoadedShards().get(shard_objects(load_settings({"cache_dir": str(tmp_path / "empty")})), ref.key)
+
+
+def test_rounds_on_two_workers_share_their_shards_only_through_a_bucket(sample, tmp_path):
+    """Workers share nothing but storage: with cache_dir in an S3 store (moto on 127.0.0.1) the shards
+    and the model are objects there, and the model is the serial one."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from bucket import S3Server
+
+    entries, settings = sample
+    entries = entries[:40]
+    backend = make_backend(settings)
+    try:
+        serial, _ = backend.train("en", [to_clip(e.utt) for e in entries])
+    finally:
+        backend.close()
+    (tmp_path / "cwd").mkdir()
+    store = S3Server(tmp_path / "cwd", tmp_path / "moto.log")
+    try:
+        FileSystems.set_options(PipelineOptions(store.beam_args()))  # this process's reads and writes
+        settings.train_across_workers, settings.cache_dir = True, store.make_bucket("sf-align") + "/aligners"
+        two = PipelineOptions([*store.beam_args(), "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+        model, _ = _train_in_pipeline(entries, settings, tmp_path, two)
+        keys = store.keys(settings.cache_dir)
+    finally:
+        FileSystems.set_options(None)
+        store.close()
+    assert sum(k.startswith("shards/") and k.endswith(".shard") for k in keys) == 16
+    assert sum(k.endswith(".pkl") for k in keys) == 1 and _same_model(model, serial)
+
+
 def test_training_across_workers_says_why_a_language_has_no_model(sample, tmp_path):
     entries, settings = sample
-    settings.train_across_workers, settings.cache_dir = True, None
+    settings.train_across_workers, settings.cache_dir = True, str(tmp_path / "aligners")
     noise = tmp_path / "noise.flac"
     noise.write_bytes(encode_flac(np.random.default_rng(0).normal(0, 0.01, 2 * RATE).astype(np.float32), RATE))
     silent = [SampleEntry(e.priority, 2.0, e.budget_s, e.utt.replace(audio=AudioRef(str(noise), 0.0, 2.0, RATE)))

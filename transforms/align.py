@@ -23,6 +23,7 @@ import hashlib
 import json
 import pickle
 import resource
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -35,7 +36,7 @@ from . import files
 from .aligners import Aligned, Backend, Clip, TrainReport, batch_size, make_backend
 from .aligners.features import FeatureSettings
 from .aligners.gmm import GmmSettings
-from .aligners.gmm_train import MODEL_VERSION, total
+from .aligners.gmm_train import MODEL_VERSION, Shard, ShardSummary, total
 from .aligners.mfa import MfaSettings, frame_shift_s, missing_reason
 from .audio import clip_bytes, decode_flac
 from .objects import Objects, digest
@@ -346,6 +347,9 @@ class _BackendFn(beam.DoFn):
 
     serial = False  # runs once per language per round, not per shard
 
+    def shard(self, ref: ShardRef) -> Shard:
+        return LOADED_SHARDS.get(shard_objects(self.settings), ref.key)
+
     def timed(self, started: float) -> Iterator[beam.pvalue.TaggedOutput]:
         spent = cpu_seconds() - started
         yield beam.pvalue.TaggedOutput(STATS, Stat(STAGE, "train/cpu_s", spent))
@@ -378,8 +382,64 @@ def shard_tasks(element, backend: Backend) -> Iterator[tuple[str, tuple]]:
         yield lang, (index, held, [(entries[i].utt, copied) for i, copied in members], key)
 
 
+def shard_objects(s: ForcedAlignSettings) -> Objects:
+    """Where the prepared training shards lie between rounds: `cache_dir`/shards, any Beam filesystem."""
+    return Objects(files.join(s.cache_dir, "shards"), ".shard")
+
+
+def shard_key(model: str, index: int) -> str:
+    """A prepared shard's object key: its sample and settings (the model's key) and its place in the plan."""
+    return digest({"model": model, "shard": index})
+
+
+@dataclass
+class ShardRef:
+    """A prepared training shard as the rounds pass it: where its features lie, not the features."""
+
+    index: int  # shards are summed in this order
+    held: bool
+    key: str  # of its object (shard_objects); "" when it failed
+    model_key: str  # of the model it trains
+    report: TrainReport
+    summary: ShardSummary | None = None  # what `begin` needs of it
+    error: StageError | None = None  # why it could not be prepared
+
+
+class LoadedShards:
+    """The prepared shards a worker process has read, by object key: each is read once and serves every
+    round on that worker. The oldest go past `limit_bytes` (of their stored size)."""
+
+    def __init__(self, limit_bytes: int = 256 << 20):
+        self.limit, self.size, self.lock = limit_bytes, 0, threading.Lock()
+        self.shards: dict[str, tuple[Shard, int]] = {}
+        self.reads = 0  # objects read, in this process
+
+    def get(self, objects: Objects, key: str) -> Shard:
+        with self.lock:
+            found = self.shards.get(key)
+        if found is not None:
+            return found[0]
+        data = objects.get(key)
+        if data is None:  # written by Prepare before any round ran: the cache folder was changed under the run
+            raise FileNotFoundError(f"the prepared training shard {objects.path(key)} is gone")
+        shard = pickle.loads(data)
+        with self.lock:
+            self.reads += 1
+            if key not in self.shards:
+                self.shards[key] = (shard, len(data))
+                self.size += len(data)
+                while self.size > self.limit and len(self.shards) > 1:
+                    self.size -= self.shards.pop(next(iter(self.shards)))[1]
+        return shard
+
+
+# One per worker process: every round runs its own DoFns, and a worker reads a shard once for all of them.
+LOADED_SHARDS = LoadedShards()
+
+
 class _Prepare(_BackendFn):
-    """A shard's task -> (lang, (index, Shard or StageError, TrainReport, key))."""
+    """A shard's task -> (lang, ShardRef): the prepared shard (features, degraded copies) is written once
+    under `cache_dir`, keyed by what produced it, and the rounds pass only its key."""
 
     def process(self, element):
         lang, (index, held, members, key) = element
@@ -391,11 +451,12 @@ class _Prepare(_BackendFn):
                 report.skipped[e.reason] = report.skipped.get(e.reason, 0) + 1
         try:
             shard, part = self.backend.prepare(lang, index, held, ready)
-            report = report.plus(part)
+            ref = ShardRef(index, held, shard_key(key, index), key, report.plus(part), shard.summary())
+            shard_objects(self.settings).put(ref.key, pickle.dumps(shard, protocol=pickle.HIGHEST_PROTOCOL))
         except StageError as e:
-            shard = e
+            ref = ShardRef(index, held, "", key, report, error=e)
         yield from self.timed(started)
-        yield lang, (index, shard, report, key)
+        yield lang, ref
 
 
 class _Begin(_BackendFn):
@@ -404,18 +465,18 @@ class _Begin(_BackendFn):
     serial = True
 
     def process(self, element):
-        lang, shards = element
-        shards = sorted(shards, key=lambda x: x[0])
+        lang, refs = element
+        refs = sorted(refs, key=lambda ref: ref.index)
         report = TrainReport()
-        for _, _, part, _ in shards:
-            report = report.plus(part)
+        for ref in refs:
+            report = report.plus(ref.report)
         yield from _report_stats(report, 0.0)
-        failed = next((shard for _, shard, _, _ in shards if isinstance(shard, StageError)), None)
+        failed = next((ref.error for ref in refs if ref.error), None)
         started = cpu_seconds()
         try:
             if failed:
                 raise failed
-            state = self.backend.begin(lang, [shard.summary() for _, shard, _, _ in shards], report.skipped)
+            state = self.backend.begin(lang, [ref.summary for ref in refs], report.skipped)
         except StageError as e:
             state = self.backend.failed_state(lang, e)
         yield from self.timed(started)
@@ -423,19 +484,19 @@ class _Begin(_BackendFn):
 
 
 class _Accumulate(_BackendFn):
-    """(lang, prepared training shard) -> (lang, (index, its statistics of this pass)); None once
+    """(lang, a training shard's ShardRef) -> (lang, (index, its statistics of this pass)); None once
     training has failed, so the sum still sees every shard."""
 
     def process(self, element, states):
-        lang, (index, shard, _, _) = element
-        if not isinstance(shard, StageError) and shard.held:
+        lang, ref = element
+        if ref.error is None and ref.held:
             return
         state = states[lang]
         started = cpu_seconds()
-        failed = state.error is not None or isinstance(shard, StageError)
-        stats = None if failed else self.backend.accumulate(state, shard)
+        failed = state.error is not None or ref.error is not None
+        stats = None if failed else self.backend.accumulate(state, self.shard(ref))
         yield from self.timed(started)
-        yield lang, (index, stats)
+        yield lang, (ref.index, stats)
 
 
 class SumStats(beam.CombineFn):
@@ -472,17 +533,17 @@ class _Estimate(_BackendFn):
 
 
 class _Score(_BackendFn):
-    """(lang, prepared shard) -> (lang, (index, gaps of its clips, of their words)) under the final model;
-    empty for a shard that is not scored, so every language reaches `_FinishTraining`."""
+    """(lang, ShardRef) -> (lang, (index, gaps of its clips, of their words, model key)) under the final
+    model; empty for a shard that is not scored, so every language reaches `_FinishTraining`."""
 
     def process(self, element, states):
-        lang, (index, shard, _, key) = element
+        lang, ref = element
         state = states[lang]
         started = cpu_seconds()
-        scored = (not isinstance(shard, StageError) and state.error is None and shard.held == state.has_holdout)
-        gaps, words = self.backend.score(state, shard) if scored else ([], [])
+        scored = ref.error is None and state.error is None and ref.held == state.has_holdout
+        gaps, words = self.backend.score(state, self.shard(ref)) if scored else ([], [])
         yield from self.timed(started)
-        yield lang, (index, gaps, words, key)
+        yield lang, (ref.index, gaps, words, ref.model_key)
 
 
 class _FinishTraining(_BackendFn):
@@ -500,7 +561,7 @@ class _FinishTraining(_BackendFn):
             model = self.backend.finish(state, [g for _, gaps, _, _ in scores for g in gaps],
                                         [w for _, _, words, _ in scores for w in words])
             key = scores[0][3]
-            if key and self.settings.cache_dir:
+            if key:
                 Objects(self.settings.cache_dir, ".pkl").put(key, pickle.dumps(model))
         except StageError as e:
             model = e
@@ -511,12 +572,13 @@ class _FinishTraining(_BackendFn):
 class Train(beam.PTransform):
     """(lang, training sample) -> ((lang, model or StageError), training stats).
 
-    With `train_across_workers`, a `sharded` backend trains as rounds over the shards of each
-    sample: the shards are prepared (features, degraded copies) in parallel, then every pass
-    aligns each shard with the previous model, passed as a side input, and sums the shards'
+    With `train_across_workers` and a `cache_dir`, a `sharded` backend trains as rounds over the
+    shards of each sample: the shards are prepared (features, degraded copies) in parallel and
+    written once under `cache_dir`, then every pass aligns each shard (read once per worker
+    process, by key) with the previous model, passed as a side input, and sums the shards'
     statistics into the next model; the graph holds one such round per pass. Otherwise one
     element per language trains (the same model: the same shards, summed in the same order).
-    A model the cache (`cache_dir`) holds for the same sample and settings is read instead."""
+    A model the cache holds for the same sample and settings is read instead."""
 
     def __init__(self, settings: ForcedAlignSettings, label: str | None = None):
         super().__init__(label)
@@ -526,7 +588,7 @@ class Train(beam.PTransform):
         s = self.settings
         backend = make_backend(s)
         keyed = samples | "Cached" >> beam.ParDo(_Cached(s)).with_outputs(STATS, CACHED, main="train")
-        if not (backend.sharded and s.train_across_workers):
+        if not (backend.sharded and s.train_across_workers and s.cache_dir):  # rounds share shards through it
             trained = keyed.train | "Train" >> beam.ParDo(_Train(s)).with_outputs(STATS, main="models")
             models = (keyed[CACHED], trained.models) | "Models" >> beam.Flatten()
             return models, (keyed[STATS], trained[STATS]) | "TrainStats" >> beam.Flatten()
