@@ -99,9 +99,9 @@ def test_the_external_worker_pool_profile_names_its_pool_and_refuses_local_paths
 
 
 def test_credential_flags_are_redacted_in_what_a_run_records():
-    args = ["--s3_endpoint_url=http://h:9000", "--s3_secret_access_key=SeCrEt", "--s3_access_key_id", "AKID",
+    args = ["--s3_endpoint_url=http://127.0.0.1:9000", "--s3_secret_access_key=SeCrEt", "--s3_access_key_id", "AKID",
             "--s3_session_token=tok", "--runner=PortableRunner"]
     shown = runners.redacted(args)
-    assert shown == ["--s3_endpoint_url=http://h:9000", "--s3_secret_access_key=<redacted>", "--s3_access_key_id",
+    assert shown == ["--s3_endpoint_url=http://127.0.0.1:9000", "--s3_secret_access_key=<redacted>", "--s3_access_key_id",
                      "<redacted>", "--s3_session_token=<redacted>", "--runner=PortableRunner"]
     assert runners.unknown_flags(args) == []

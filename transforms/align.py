@@ -307,7 +307,7 @@ class _Train(beam.DoFn):
         finally:
             backend.close()
         if key:
-            Objects(self.settings.cache_dir, ".pkl").put(key, pickle.dumps(model))
+            model_objects(self.settings).put(key, pickle.dumps(model))
         spent = cpu_seconds() - started
         yield from _report_stats(report, spent)
         yield beam.pvalue.TaggedOutput(STATS, Stat(STAGE, "train/serial_cpu_s", spent))
@@ -366,7 +366,7 @@ class _Cached(_BackendFn):
         lang, entries = element
         started = cpu_seconds()
         key = model_key(lang, entries, self.settings) if self.settings.cache_dir else None
-        found = key and Objects(self.settings.cache_dir, ".pkl").get(key)
+        found = key and model_objects(self.settings).get(key)
         if found:
             yield beam.pvalue.TaggedOutput(STATS, Stat(STAGE, "train/cached"))
             yield beam.pvalue.TaggedOutput(CACHED, (lang, pickle.loads(found)))
@@ -380,6 +380,11 @@ def shard_tasks(element, backend: Backend) -> Iterator[tuple[str, tuple]]:
     lang, (key, entries) = element
     for index, (held, members) in enumerate(backend.shard_plan(len(entries))):
         yield lang, (index, held, [(entries[i].utt, copied) for i, copied in members], key)
+
+
+def model_objects(s: ForcedAlignSettings) -> Objects:
+    """Where trained models lie, each keyed by `model_key`: `cache_dir`, any Beam filesystem."""
+    return Objects(s.cache_dir, ".pkl")
 
 
 def shard_objects(s: ForcedAlignSettings) -> Objects:
@@ -562,7 +567,7 @@ class _FinishTraining(_BackendFn):
                                         [w for _, _, words, _ in scores for w in words])
             key = scores[0][3]
             if key:
-                Objects(self.settings.cache_dir, ".pkl").put(key, pickle.dumps(model))
+                model_objects(self.settings).put(key, pickle.dumps(model))
         except StageError as e:
             model = e
         yield from self.timed(started)
