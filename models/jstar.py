@@ -24,15 +24,17 @@ the transducer's own policy (write when a transducer emits a non-blank symbol).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from simulforge.eval.agent import TRANSCRIPT, Agent, DecodeOptions, Emit
 from simulforge.training.config import ConfigError
-from simulforge.training.data import audio_channels, get, pad
+from simulforge.training.data import FRAME_HOP_S, audio_channels, get, pad
 from simulforge.training.tasks import Task, batch_features
 
 from .encoder import (
@@ -44,6 +46,7 @@ from .encoder import (
     TransformerState,
 )
 from .family import Family
+from .rnnt_loss import TOPOLOGIES
 from .transducer import BeamState, HypState, TransducerHead, TransducerHeadConfig
 
 FRONT_ENDS = ("learned", "select")
@@ -72,8 +75,14 @@ class JstarConfig:
     asr_weight: float = 0.5  # lam
     vocab_size: int | None = None  # shared by ASR and ST (tokens of both languages + speaker tokens)
     blank_id: int = 0
-    max_symbols_per_frame: int = 5  # greedy decoding
+    max_symbols_per_frame: int = 5  # greedy decoding (1 with the modified topology)
+    # The transducer lattice both heads train on (rnnt_loss.py): standard (any number of symbols per frame) or
+    # modified (one per frame, the lattice the beam search walks)
+    topology: str = "standard"
     beam: int = 1  # transducer search: 1 greedy, more a modified beam search (transducer.py)
+    # Frames each head gets after the last one (copies of it), in training and decoding alike: the beam search
+    # emits one symbol per frame, and what is said last (a whole translated sentence) needs frames after it
+    end_frames: int = 0
     language: str | None = None  # the ST head's language: the joint stage's, recorded by the trainer
 
     def validate(self) -> None:
@@ -90,6 +99,10 @@ class JstarConfig:
             raise ValueError(f"model.asr_weight must lie in [0, 1], got {self.asr_weight}")
         if self.beam < 1:
             raise ValueError(f"model.beam must be a positive count, got {self.beam}")
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"model.topology must be one of {', '.join(TOPOLOGIES)}, got {self.topology!r}")
+        if self.end_frames < 0:
+            raise ValueError(f"model.end_frames must be a count, got {self.end_frames}")
         if not self.vocab_size:
             raise ValueError("model.vocab_size is not set (the tokenizer sets it)")
 
@@ -141,6 +154,8 @@ class JstarState:
     buffer: Tensor  # (1, n, D_fast) fast frames waiting for a complete slow block
     asr: HypState | BeamState
     st: HypState | BeamState
+    last_fast: Tensor | None = None  # (1, 1, D) the last frame each head has seen: `flush` repeats it
+    last_slow: Tensor | None = None
 
 
 class Jstar(nn.Module):
@@ -165,13 +180,36 @@ class Jstar(nn.Module):
         return fast, self.slow(fast, lengths), lengths
 
     def forward(self, feats: Tensor, feat_lengths: Tensor, asr_targets: Tensor, asr_lengths: Tensor,
-                st_targets: Tensor, st_lengths: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """lam * ASR + (1 - lam) * ST. Targets (B, U) are padded token ids."""
+                st_targets: Tensor, st_lengths: Tensor, asr_times: Tensor | None = None,
+                st_times: Tensor | None = None, within_s: float | None = None) -> tuple[Tensor, dict[str, float]]:
+        """lam * ASR + (1 - lam) * ST. Targets (B, U) are padded token ids; times (B, U), when given, the
+        second of the input from which each token may be emitted, and `within_s` how long after it (plus a
+        frame per token before it with the same time) it must be (alignment-restricted RNN-T)."""
         fast, slow, lengths = self.encode(feats, feat_lengths)
-        asr = self.asr.loss(fast, lengths, asr_targets, asr_lengths)
-        st = self.st.loss(slow, lengths, st_targets, st_lengths)
+        frame_s = FRAME_HOP_S * feat_lengths.double() / lengths.double()  # (B,) whatever the encoder's stride
+        fast, slow, ends = self.with_end_frames(fast, lengths), self.with_end_frames(slow, lengths), self._ends(lengths)
+        topology = self.cfg.topology
+        asr = self.asr.loss(fast, ends, asr_targets, asr_lengths, *emission_window(asr_times, frame_s, within_s),
+                            topology=topology)
+        st = self.st.loss(slow, ends, st_targets, st_lengths, *emission_window(st_times, frame_s, within_s),
+                          topology=topology)
         lam = self.cfg.asr_weight
         return lam * asr + (1 - lam) * st, {"loss/asr": asr.item(), "loss/st": st.item()}
+
+    @property
+    def _max_symbols(self) -> int:
+        return 1 if self.cfg.topology == "modified" else self.cfg.max_symbols_per_frame
+
+    def _ends(self, lengths: Tensor) -> Tensor:
+        return lengths + self.cfg.end_frames
+
+    def with_end_frames(self, frames: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T + end_frames, D): each sequence's last frame repeated end_frames times after it."""
+        if not self.cfg.end_frames:
+            return frames
+        index = torch.arange(frames.shape[1] + self.cfg.end_frames, device=frames.device)[None]
+        index = torch.minimum(index, (lengths - 1)[:, None].to(frames.device))  # (B, T + n)
+        return frames.gather(1, index[..., None].expand(-1, -1, frames.shape[2]))
 
     def mt_loss(self, src: Tensor, src_lengths: Tensor, tgt: Tensor, tgt_lengths: Tensor
                 ) -> tuple[Tensor, dict[str, float]]:
@@ -189,8 +227,9 @@ class Jstar(nn.Module):
     def forward_block(self, block_feats: Tensor, state: JstarState) -> tuple[list[int], list[int], JstarState]:
         """One fast block of features (1, <= fast.block_frames, C*80) -> new ASR tokens, new ST tokens, state."""
         fast, fast_state = self.fast.forward_block(self.front(block_feats), state.fast)
-        asr_tokens, asr = self.asr.search(fast, state.asr, self.cfg.beam, self.cfg.max_symbols_per_frame)
-        state = JstarState(fast_state, state.slow, torch.cat([state.buffer, fast], dim=1), asr, state.st)
+        asr_tokens, asr = self.asr.search(fast, state.asr, self.cfg.beam, self._max_symbols)
+        last = fast[:, -1:] if fast.shape[1] else state.last_fast
+        state = replace(state, fast=fast_state, buffer=torch.cat([state.buffer, fast], dim=1), asr=asr, last_fast=last)
         st_tokens, state = self._slow_blocks(state, final=False)
         return asr_tokens, st_tokens, state
 
@@ -198,19 +237,26 @@ class Jstar(nn.Module):
         """End of a stream: the ST tokens of the fast frames still waiting for a complete slow block, and
         (beam search) the rest of each task's best hypothesis -> ASR tokens, ST tokens, state."""
         st_tokens, state = self._slow_blocks(state, final=True)
-        asr_rest, asr = self.asr.finish(state.asr)
-        st_rest, st = self.st.finish(state.st)
-        return asr_rest, st_tokens + st_rest, JstarState(state.fast, state.slow, state.buffer, asr, st)
+        asr_end, asr = self._end_frames(self.asr, state.last_fast, state.asr)
+        st_end, st = self._end_frames(self.st, state.last_slow, state.st)
+        asr_rest, asr = self.asr.finish(asr)
+        st_rest, st = self.st.finish(st)
+        return asr_end + asr_rest, st_tokens + st_end + st_rest, replace(state, asr=asr, st=st)
+
+    def _end_frames(self, head: TransducerHead, last: Tensor | None, state):
+        if last is None or not self.cfg.end_frames:
+            return [], state
+        return head.search(last.expand(-1, self.cfg.end_frames, -1), state, self.cfg.beam, self._max_symbols)
 
     def _slow_blocks(self, state: JstarState, final: bool) -> tuple[list[int], JstarState]:
         """Run the slow encoder and ST head on every complete slow block buffered (and a partial one if final)."""
-        buffer, slow_state, st, st_tokens = state.buffer, state.slow, state.st, []
+        buffer, slow_state, st, st_tokens, last = state.buffer, state.slow, state.st, [], state.last_slow
         while buffer.shape[1] >= self.cfg.slow.block_len or (final and buffer.shape[1] > 0):
             block, buffer = buffer[:, : self.cfg.slow.block_len], buffer[:, self.cfg.slow.block_len:]
             slow, slow_state = self.slow.forward_block(block, slow_state)
-            new, st = self.st.search(slow, st, self.cfg.beam, self.cfg.max_symbols_per_frame)
-            st_tokens += new
-        return st_tokens, JstarState(state.fast, slow_state, buffer, state.asr, st)
+            new, st = self.st.search(slow, st, self.cfg.beam, self._max_symbols)
+            st_tokens, last = st_tokens + new, slow[:, -1:]
+        return st_tokens, replace(state, slow=slow_state, buffer=buffer, st=st, last_slow=last)
 
     @torch.no_grad()
     def decode_offline(self, feats: Tensor) -> tuple[list[int], list[int]]:
@@ -218,9 +264,9 @@ class Jstar(nn.Module):
         streaming emits in the end)."""
         fast, slow, lengths = self.encode(feats, torch.tensor([feats.shape[1]], device=feats.device))
         out = []
-        for head, frames in ((self.asr, fast), (self.st, slow)):
+        for head, frames in ((self.asr, self.with_end_frames(fast, lengths)), (self.st, self.with_end_frames(slow, lengths))):
             tokens, state = head.search(frames, head.start(self.cfg.beam, feats.device), self.cfg.beam,
-                                        self.cfg.max_symbols_per_frame)
+                                        self._max_symbols)
             out.append(tokens + head.finish(state)[0])
         return out[0], out[1]
 
@@ -237,6 +283,73 @@ def with_word_start(tokens) -> list[str]:
     return [*tokens, *(WORD_START + t for t in tokens)]
 
 
+CHUNKS = "translation_chunks"  # the conversations config's timed units of each SOT translation
+SPEAKERS = ("SELF", "OTHER")  # the roles in `words` and `translation_chunks`, as speaker_tokens name them
+
+
+def emission_window(times: Tensor | None, frame_s: Tensor, within_s: float | None
+                    ) -> tuple[Tensor | None, Tensor | None]:
+    """Token times (B, U) in seconds -> the first and the last encoder frame each may be emitted at
+    (frames of `frame_s` (B,) seconds): from the frame its time falls in to `within_s` later, plus one
+    frame per token before it with the same time (a decoder emits one symbol per frame). NaN: any frame."""
+    if times is None:
+        return None, None
+    seconds, untimed = frame_s.to(times.device)[:, None], times.isnan()
+    first = (times.nan_to_num(0.0).double() / seconds).floor().long()
+    if within_s is None:
+        return first, None
+    u = torch.arange(times.shape[1], device=times.device)[None]
+    new = torch.ones_like(times, dtype=torch.bool)
+    new[:, 1:] = times[:, 1:] != times[:, :-1]
+    rank = u - torch.where(new, u, 0).cummax(dim=1).values  # tokens before it with its time
+    last = first + (within_s / seconds).ceil().long() + rank
+    return first, last.masked_fill(untimed, torch.iinfo(torch.long).max)  # clamped to the last frame
+
+
+def piece_times(text: str, units: list[tuple[str, str, float]], roles: dict[str, str]) -> list[float]:
+    """Per whitespace piece of an SOT string, the end time of the unit it belongs to; a speaker token
+    takes its next piece's time. `units` are (role, text, end s), each speaker's in that speaker's order
+    (so word-ordered `words` serve an utterance-ordered transcript too). ValueError where the string's
+    pieces are not the units' words."""
+    queues: dict[str, list[tuple[str, float]]] = {}
+    for role, unit, end in units:
+        queues.setdefault(role, []).extend((word, end) for word in unit.split())
+    taken, role, times = dict.fromkeys(queues, 0), None, []
+    for piece in text.split():
+        if piece in roles:
+            role = roles[piece]
+            times.append(None)
+            continue
+        queue, k = queues.get(role, []), taken.get(role, 0)
+        if k >= len(queue) or queue[k][0] != piece:
+            found = repr(queue[k][0]) if k < len(queue) else "nothing"
+            raise ValueError(f"piece {piece!r} of {role or 'no speaker'} is not its next timed word ({found})")
+        taken[role] = k + 1
+        times.append(queue[k][1])
+    if any(taken[r] < len(q) for r, q in queues.items()):
+        raise ValueError("the timed words hold more than the text")
+    later = times[-1] if times and times[-1] is not None else 0.0
+    for i in range(len(times) - 1, -1, -1):  # a speaker token: when the piece after it may come
+        later = times[i] = later if times[i] is None else times[i]
+    return times
+
+
+def token_times(tok, text: str, times: list[float]) -> list[float]:
+    """Each token of `tok.encode(text)` with the time of the whitespace piece it spells. Pieces encoded
+    one by one give the same tokens as the whole text for a tokenizer that splits at spaces; one that
+    does not is mapped by the token counts of growing prefixes."""
+    pieces = text.split()
+    ids, per_piece = tok.encode(text), [tok.encode(p) for p in pieces]
+    if sum(map(len, per_piece)) == len(ids) and [i for p in per_piece for i in p] == ids:
+        return [t for p, t in zip(per_piece, times, strict=True) for _ in p]
+    ends = [len(tok.encode(" ".join(pieces[:k + 1]))) for k in range(len(pieces))]
+    out, start = [], 0
+    for end, t in zip(ends, times, strict=True):
+        out += [t] * max(0, end - start)
+        start = max(start, end)
+    return out + [times[-1] if times else 0.0] * (len(ids) - len(out))
+
+
 @dataclass
 class JointOptions:
     language: str = "de"
@@ -247,6 +360,12 @@ class JointOptions:
     # word: the transcript must be in word order, checked on every row with word times (`words`, listed by
     # end time) before training; any: train on what the column holds (e.g. utterance-level SOT)
     order: Literal["word", "any"] = "word"
+    # heard: each token may be emitted only once what it says has been heard: a transcript word's end
+    # (`words`), a translation unit's source end (`translation_chunks`), checked against the targets
+    # before training. Without it a model that can tell a training row from its first block learns to
+    # recite the rest from memory, ahead of the speech. any: every alignment (plain RNN-T)
+    emit_after: Literal["heard", "any"] = "heard"
+    emit_within_ms: int | None = 480  # heard: and at most this long after (null: any time later)
 
 
 class JointTask(Task):
@@ -258,7 +377,10 @@ class JointTask(Task):
         model_cfg.language = self.opts.language  # what the ST head learns (the last joint stage's): run.yaml keeps it
 
     def columns(self):
-        return ["audio", self.opts.transcript, f"{self.opts.translation}.{self.opts.language}"]
+        return ["audio", *self.text_columns(), *self.time_columns()]
+
+    def time_columns(self) -> list[str]:
+        return ["words", f"{CHUNKS}.{self.opts.language}"] if self.opts.emit_after == "heard" else []
 
     def fit_to_data(self, ds, source: str) -> None:
         """model.channels left null takes the audio's channel count; a count given must be the audio's."""
@@ -268,6 +390,11 @@ class JointTask(Task):
         self.mono = found == 1
         if self.opts.order == "word" and "words" in ds.column_names:
             self._check_word_order(ds.select_columns(["id", self.opts.transcript.split(".")[0], "words"]), source)
+        if self.opts.emit_after == "heard":
+            columns = {c.split(".")[0] for c in ["id", *self.text_columns(), *self.time_columns()]}
+            for row in ds.select_columns(sorted(columns)):
+                if self.keep(row):
+                    self._piece_times(row, source)  # raises where targets and times disagree
 
     def _check_word_order(self, rows, source: str) -> None:
         """Each transcript's words, speaker tokens left out, are the row's `words` in their order (by end time)."""
@@ -283,7 +410,34 @@ class JointTask(Task):
                     f"simulate.sot.mode=word, or set options.order: any to train on it as it is")
 
     def text_columns(self):
-        return self.columns()[1:]
+        return [self.opts.transcript, f"{self.opts.translation}.{self.opts.language}"]
+
+    def _targets(self, row) -> tuple[str, str]:
+        return (self.opts.prefix + get(row, self.opts.transcript),
+                self.opts.prefix + get(row, f"{self.opts.translation}.{self.opts.language}"))
+
+    def _piece_times(self, row, source: str = "the data") -> tuple[list[float], list[float]] | None:
+        """Per whitespace piece of the ASR and the ST target, the second from which it may be emitted; None
+        for a row without word times (it trains on every alignment, as `_check_word_order` passes it)."""
+        if not row["words"]:
+            return None
+        roles = dict(zip(self.opts.speaker_tokens, SPEAKERS, strict=False))
+        asr, st = self._targets(row)
+        chunks = get(row, f"{CHUNKS}.{self.opts.language}") or []
+        try:
+            return (piece_times(asr, [(w["speaker"], w["word"], w["end_s"]) for w in row["words"] or []], roles),
+                    piece_times(st, [(c["speaker"], c["text"], c["end_s"]) for c in chunks], roles))
+        except ValueError as e:
+            raise ConfigError(f"{self.where}: row {row.get('id')} of {source}: {e}; options.emit_after: any trains "
+                              f"without emission times") from None
+
+    def _times(self, row) -> tuple[Tensor, Tensor]:
+        """Per token of the ASR and the ST target, the second from which it may be emitted (NaN: any time)."""
+        asr, st = self._targets(row)
+        times = self._piece_times(row)
+        if times is None:
+            return (torch.full((len(self.encode(asr)),), math.nan), torch.full((len(self.encode(st)),), math.nan))
+        return (torch.tensor(token_times(self.tok, asr, times[0])), torch.tensor(token_times(self.tok, st, times[1])))
 
     def specials(self):
         return with_word_start(self.opts.speaker_tokens)
@@ -295,12 +449,18 @@ class JointTask(Task):
         feats, lengths = batch_features(rows)
         asr = [self.encode(self.opts.prefix + get(r, self.opts.transcript)) for r in rows]
         st = [self.encode(self.opts.prefix + get(r, f"{self.opts.translation}.{self.opts.language}")) for r in rows]
-        return {"feats": feats, "lengths": lengths, "asr": pad(asr, 0), "asr_lengths": torch.tensor([len(a) for a in asr]),
-                "st": pad(st, 0), "st_lengths": torch.tensor([len(s) for s in st])}
+        batch = {"feats": feats, "lengths": lengths, "asr": pad(asr, 0), "asr_lengths": torch.tensor([len(a) for a in asr]),
+                 "st": pad(st, 0), "st_lengths": torch.tensor([len(s) for s in st])}
+        if self.opts.emit_after == "heard":
+            times = [self._times(r) for r in rows]
+            batch["asr_times"] = pad_sequence([a for a, _ in times], batch_first=True)
+            batch["st_times"] = pad_sequence([s for _, s in times], batch_first=True)
+        return batch
 
     def loss(self, model, batch):
+        within = None if self.opts.emit_within_ms is None else self.opts.emit_within_ms / 1000
         return model(batch["feats"], batch["lengths"], batch["asr"], batch["asr_lengths"], batch["st"],
-                     batch["st_lengths"])
+                     batch["st_lengths"], batch.get("asr_times"), batch.get("st_times"), within)
 
 
 @dataclass

@@ -64,12 +64,15 @@ class TransducerHead(nn.Module):
         self.predictor = Predictor(vocab, cfg.d_pred, cfg.pred_layers)
         self.joiner = Joiner(d_enc, cfg.d_pred, cfg.d_joint, vocab)
 
-    def loss(self, enc: Tensor, enc_lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
-        """Per-sequence RNN-T NLL divided by (U + 1), averaged over the batch."""
+    def loss(self, enc: Tensor, enc_lengths: Tensor, targets: Tensor, target_lengths: Tensor,
+             earliest: Tensor | None = None, latest: Tensor | None = None, topology: str = "standard") -> Tensor:
+        """Per-sequence RNN-T NLL divided by (U + 1), averaged over the batch; `earliest`, `latest` (B, U):
+        the frames between which each target may be emitted; `topology` the lattice (rnnt_loss.py)."""
         start = torch.full_like(targets[:, :1], self.blank)
         pred, _ = self.predictor(torch.cat([start, targets.clamp_min(0)], dim=1))
         logits = self.joiner(enc[:, :, None], pred[:, None])
-        nll = rnnt_loss(logits, targets, enc_lengths, target_lengths, blank=self.blank, reduction="none")
+        nll = rnnt_loss(logits, targets, enc_lengths, target_lengths, blank=self.blank, reduction="none",
+                        earliest=earliest, latest=latest, topology=topology)
         return (nll / (target_lengths + 1)).mean()
 
     def init_state(self, device=None) -> HypState:

@@ -238,7 +238,7 @@ def simulate_card_section(summary: dict[str, Any]) -> str:
     return "\n".join([
         "### Serialized output (conversations)", "",
         f"`sot_text` and `sot_translation` are {order} (`simulate.sot.mode`); `words` gives every word's speaker "
-        "and times. Conversations are made of aligned utterances only: an utterance that the segment or align "
+        "and times, `translation_chunks` every translation unit's speaker and the times of its source. Conversations are made of aligned utterances only: an utterance that the segment or align "
         "stage rejected is left out (see their rejects), not serialized in utterance order.",
         f"In {r['conversations']} of {summary['conversations']} conversations ({r['fraction'] or 0:.0%}) word order "
         f"differs from utterance order: there, utterance-level targets would make a streaming model wait "

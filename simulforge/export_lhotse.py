@@ -12,7 +12,7 @@ naming) and each clip as `<OUT>/audio/<id>.flac`, so `lhotse.load_manifest` and
   (`segments`), on every channel: text, language, `speaker` SELF or OTHER (as in the RTTM), the
   words of that turn as `alignment["word"]`, and in `custom` the turn's `translation`, its corpus
   `source_speaker` and `utterance_id`. The conversation's own columns (`sot_text`,
-  `sot_translation`, `room`, `split`) go to the `custom` of a `MultiCut` per conversation in
+  `sot_translation`, `translation_chunks`, `room`, `split`) go to the `custom` of a `MultiCut` per conversation in
   `<OUT>/simulforge_conversations_cuts_<split>.jsonl.gz` (`room.array` as `room.array_preset`:
   lhotse would take a dict with an `array` key for an array manifest).
 
@@ -34,7 +34,7 @@ OWN_FIELDS = {"id", "audio", "duration", "source_text", "source_lang", "speaker"
 EMBEDDING = "embedding"
 CONFIGS = ("offline", "simulst", "conversations")
 # Conversation columns for the cut's `custom` (the rest are the recording, the supervisions or derived: rttm).
-CONVERSATION_CUSTOM = ("split", "sot_text", "sot_translation", "room")
+CONVERSATION_CUSTOM = ("split", "sot_text", "sot_translation", "translation_chunks", "room")
 PARTIAL = ".partial"
 
 
@@ -123,8 +123,9 @@ def conversation_manifests(row: dict[str, Any], audio_dir: Path):
             language="en", speaker=turn["speaker"], custom=custom, alignment={"word": words} if words else None,
         ))
     custom = {k: row[k] for k in CONVERSATION_CUSTOM if k in row}
-    if isinstance(custom.get("sot_translation"), dict):
-        custom["sot_translation"] = _present(custom["sot_translation"])
+    for key in ("sot_translation", "translation_chunks"):
+        if isinstance(custom.get(key), dict):
+            custom[key] = _present(custom[key])
     if isinstance(custom.get("room"), dict):
         # lhotse reads a dict in `custom` that has a key "array" as an array manifest, and drops that key
         custom["room"] = {("array_preset" if k == "array" else k): v for k, v in custom["room"].items()}

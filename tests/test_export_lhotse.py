@@ -194,6 +194,7 @@ def test_conversations_export_validates_in_lhotse(curated_demo, tmp_path, capsys
             room = {("array_preset" if k == "array" else k): v for k, v in row["room"].items()}
             assert cut.custom["sot_text"] == row["sot_text"] and cut.custom["room"] == room
             assert cut.custom["sot_translation"] == {k: v for k, v in row["sot_translation"].items() if v}
+            assert cut.custom["translation_chunks"] == {k: v for k, v in row["translation_chunks"].items() if v}
             assert len(cut.supervisions) == len(mine)
     audio = recs[0].load_audio()
     assert audio.shape == (7, recs[0].num_samples) and np.abs(audio).max() > 0

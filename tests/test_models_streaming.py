@@ -135,12 +135,13 @@ def test_joint_simultaneous_decoding_keeps_each_languages_lag():
         assert offline[lang] == _greedy_under_the_waitk_mask(model, feats, lang, n_blocks, max_len=12)
 
 
-def test_jstar_streaming_greedy_equals_offline_greedy():
+@pytest.mark.parametrize(("end_frames", "topology"), [(0, "standard"), (6, "modified")])
+def test_jstar_streaming_greedy_equals_offline_greedy(end_frames, topology):
     torch.manual_seed(0)
     cfg = JstarConfig(fast=EncoderConfig(block_frames=16, **ENC),
                       slow=SlowEncoderConfig(d_model=32, n_heads=2, n_layers=1, d_ff=64, block_len=8, dropout=0.0),
                       asr=TransducerHeadConfig(32, 1, 32), st=TransducerHeadConfig(32, 1, 32), channels=2,
-                      front_end="learned", vocab_size=30)
+                      front_end="learned", vocab_size=30, end_frames=end_frames, topology=topology)
     model = Jstar(cfg).eval()
     feats = torch.randn(1, 90, 160)
     streamed = _stream(registry.get("jstar").agent(model, ["de"], P.Transducer(), DecodeOptions()), feats)
@@ -150,6 +151,11 @@ def test_jstar_streaming_greedy_equals_offline_greedy():
     loss, metrics = model(feats.repeat(2, 1, 1), torch.tensor([90, 60]), torch.tensor([[3, 4, 5], [6, 7, 0]]),
                           torch.tensor([3, 2]), torch.tensor([[8, 9], [10, 0]]), torch.tensor([2, 1]))
     assert torch.isfinite(loss) and set(metrics) == {"loss/asr", "loss/st"}
+    # with emission windows (the joint task's times of each token, in seconds of input)
+    times = torch.tensor([[0.1, 0.1, 0.5], [0.2, 0.6, 0.0]]), torch.tensor([[0.3, 0.8], [0.6, 0.0]])
+    restricted, _ = model(feats.repeat(2, 1, 1), torch.tensor([90, 60]), torch.tensor([[3, 4, 5], [6, 7, 0]]),
+                          torch.tensor([3, 2]), torch.tensor([[8, 9], [10, 0]]), torch.tensor([2, 1]), *times, 0.08)
+    assert torch.isfinite(restricted) and restricted > loss  # fewer alignments, less probability
 
 
 def test_easist_adapter_and_policy_stream_like_the_teacher_forced_model():

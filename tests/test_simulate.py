@@ -328,6 +328,10 @@ def test_utterance_mode_keeps_utterance_level_sot():
     segments = plan.segments()
     assert conversation.sot_text == sot.sot_text(segments, tokens)
     assert conversation.sot_translations == sot.sot_translations(segments, tokens)
+    for lang, chunks in conversation.translation_chunks.items():  # whole turns, timed as the turns are
+        assert chunks == [{"text": s["translations"][lang], "speaker": s["speaker"], "start_s": s["start_s"],
+                           "end_s": s["end_s"]} for s in segments if s["translations"][lang]]
+    assert set(conversation.translation_chunks) == set(conversation.sot_translations)
     by_word = _render(plan, word)[0]
     assert conversation.words == by_word.words  # the same word times in either mode
     assert conversation.sot_text != by_word.sot_text

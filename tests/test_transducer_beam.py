@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
 import torch
 from test_models_streaming import ENC, _stream
 
@@ -85,12 +86,13 @@ def test_streaming_hands_out_only_the_shared_prefix_and_ends_with_the_best():
 
 
 @torch.no_grad()
-def test_jstar_streamed_with_a_beam_ends_with_its_offline_output():
+@pytest.mark.parametrize("end_frames", [0, 6])
+def test_jstar_streamed_with_a_beam_ends_with_its_offline_output(end_frames):
     torch.manual_seed(0)
     cfg = JstarConfig(fast=EncoderConfig(block_frames=16, **ENC),
                       slow=SlowEncoderConfig(d_model=32, n_heads=2, n_layers=1, d_ff=64, block_len=8, dropout=0.0),
                       asr=TransducerHeadConfig(32, 1, 32), st=TransducerHeadConfig(32, 1, 32), channels=2,
-                      front_end="learned", vocab_size=30, beam=4)
+                      front_end="learned", vocab_size=30, beam=4, end_frames=end_frames)
     model = Jstar(cfg).eval()
     feats = torch.randn(1, 90, 160)
     streamed = _stream(registry.get("jstar").agent(model, ["de"], P.Transducer(), DecodeOptions()), feats)

@@ -102,6 +102,8 @@ class Conversation:
     audio: AudioRef | None = None
     # Every word of both speakers in word order: word, speaker, start_s, end_s (conversation time).
     words: list[dict[str, Any]] = field(default_factory=list)
+    # Per language, the units of its SOT translation in order: text, speaker, start_s, end_s.
+    translation_chunks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

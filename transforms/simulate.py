@@ -183,6 +183,7 @@ def render_conversation(
         sot_translations=labels.sot_translations,
         audio=AudioRef(path, 0.0, samples / fs, fs),
         words=labels.words,
+        translation_chunks=labels.translation_chunks,
     )
 
 

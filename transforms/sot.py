@@ -265,6 +265,13 @@ def timed_words(units: Iterable[Unit]) -> list[dict[str, Any]]:
             for u in sorted(units, key=emission_key)]
 
 
+def timed_chunks(units: Iterable[Unit], order: Callable[[Unit], tuple]) -> list[dict[str, Any]]:
+    """The published `translation_chunks` of one language: {text, speaker, start_s, end_s} of each
+    non-empty unit, in the order `serialize` writes them, so that their texts are the SOT translation's."""
+    return [{"text": u.text, "speaker": u.role, "start_s": u.start_ms / 1000, "end_s": u.end_ms / 1000}
+            for u in sorted(units, key=order) if u.text]
+
+
 @dataclass
 class Labels:
     """What a conversation publishes of its speech, in the settings' order."""
@@ -272,6 +279,9 @@ class Labels:
     sot_text: str
     sot_translations: dict[str, str]
     words: list[dict[str, Any]]
+    # per language, the units of its SOT translation with their times: the target chunks of
+    # `latency_level` in word order, whole turns in utterance order
+    translation_chunks: dict[str, list[dict[str, Any]]]
     reordered: bool  # word order differs from utterance order (utterance-level SOT would be non-causal)
     waits_ms: dict[str, list[int]]  # per order (word, utterance): each word's wait in that order
 
@@ -281,14 +291,22 @@ def labels(turns: Turns, tokens: dict[str, str], settings: SotSettings) -> Label
     words = word_units(turns)
     if settings.mode == "word":
         text = serialize(words, tokens)
-        translations = {lang: serialize(units, tokens)
-                        for lang, units in chunk_units(turns, settings.latency_level).items()}
+        by_lang = chunk_units(turns, settings.latency_level)
+        translations = {lang: serialize(units, tokens) for lang, units in by_lang.items()}
+        chunks = {lang: timed_chunks(units, emission_key) for lang, units in by_lang.items()}
     else:
         segments = segment_table(turns)
         text, translations = sot_text(segments, tokens), sot_translations(segments, tokens)
+        chunks = {lang: timed_chunks(turn_units(turns, lang), utterance_key) for lang in translations}
     by_word, by_utterance = (sorted(words, key=key) for key in (emission_key, utterance_key))
-    return Labels(text, translations, timed_words(words), by_word != by_utterance,
+    return Labels(text, translations, timed_words(words), chunks, by_word != by_utterance,
                   {name: waits_ms(words, key) for name, key in ORDERS.items()})
+
+
+def turn_units(turns: Turns, lang: str) -> list[Unit]:
+    """Each turn's whole translation into `lang`, placed where the turn is (utterance order's units)."""
+    return [Unit(role, start, end, k, 0, utt.translations[lang].strip())
+            for k, (role, start, end, utt) in enumerate(_in_start_order(turns))]
 
 
 def split_sot(text: str, tokens: dict[str, str]) -> list[tuple[str, str]]:

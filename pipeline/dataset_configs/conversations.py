@@ -5,7 +5,8 @@ columns are structs with one field per requested language, so the schema is the 
 shard (a language a conversation lacks is null). `sot_text` and `sot_translation` follow
 `simulate.sot.mode` (transforms/sot.py); `words` lists every word of both speakers with its
 speaker and conversation times, in word order (by end time), for speaker-attributed and
-time-constrained scoring.
+time-constrained scoring; `translation_chunks` does the same for each SOT translation's units, so a
+streaming model can be kept from emitting a translation before its source has been heard.
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ COLUMNS = {
     "words[].speaker": ("", "`SELF` or `OTHER`"),
     "words[].start_s": ("s", "where the word starts in the conversation"),
     "words[].end_s": ("s", "where the word ends in the conversation"),
+    "translation_chunks": ("", "one field per target language"),
+    "translation_chunks.<lang>": ("", "the units of `sot_translation.<lang>` in its order, speaker tokens left out: "
+                                      "target chunks of `simulate.sot.latency_level` in word order, whole turns in "
+                                      "utterance order; null where `sot_translation.<lang>` is"),
+    "translation_chunks.<lang>[].text": ("", "the unit's text, as it stands in `sot_translation.<lang>`"),
+    "translation_chunks.<lang>[].speaker": ("", "`SELF` or `OTHER`"),
+    "translation_chunks.<lang>[].start_s": ("s", "where its source (chunk or turn) starts in the conversation"),
+    "translation_chunks.<lang>[].end_s": ("s", "where its source ends: the earliest a streaming model can have "
+                                               "heard what it translates"),
     "room": ("", "the simulated room and array (pyroomacoustics image-source model)"),
     "room.index": ("", "the room's index in the run's room pool"),
     "room.array": ("", "the microphone array preset (`glasses`, `circular` or `custom`)"),
@@ -95,7 +105,10 @@ def conversation_features(languages: Sequence[str], sampling_rate: int) -> Featu
         "utterance_id": Value("string"),
         "text": Value("string"),
     }
-    translations = {"sot_translation": _per_language(languages)} if languages else {}
+    chunk = List({"text": Value("string"), "speaker": Value("string"), "start_s": Value("float64"),
+                  "end_s": Value("float64")})
+    translations = ({"sot_translation": _per_language(languages),
+                     "translation_chunks": {lang: chunk for lang in languages}} if languages else {})
     if languages:
         segment["translations"] = _per_language(languages)
     point = List(Value("float64"))
@@ -141,7 +154,8 @@ def _segment(segment: dict[str, Any], languages: Sequence[str]) -> dict[str, Any
 def row(conversation: Conversation, languages: Sequence[str]) -> dict[str, Any]:
     """The published row of `conversation`, matching `conversation_features(languages, ...)`."""
     translations = (
-        {"sot_translation": {lang: conversation.sot_translations.get(lang) for lang in languages}}
+        {"sot_translation": {lang: conversation.sot_translations.get(lang) for lang in languages},
+         "translation_chunks": {lang: conversation.translation_chunks.get(lang) for lang in languages}}
         if languages
         else {}
     )
