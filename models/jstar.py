@@ -375,6 +375,8 @@ class JointTask(Task):
         super().__init__(options, model_cfg, where)
         self.mono = model_cfg.channels == 1
         model_cfg.language = self.opts.language  # what the ST head learns (the last joint stage's): run.yaml keeps it
+        if self.opts.emit_within_ms is not None and self.opts.emit_within_ms < 0:
+            raise ConfigError(f"{where}.emit_within_ms must be a duration in ms or null, got {self.opts.emit_within_ms}")
 
     def columns(self):
         return ["audio", *self.text_columns(), *self.time_columns()]

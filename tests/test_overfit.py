@@ -38,7 +38,7 @@ UTTERANCES = 16  # what the test-sized demo build (conftest DEMO_SCALE) has
 # found evaluate decoding unified_tiny's es (trained at k=5) at k=3: es BLEU 70 until the trained ks
 # became the default.
 STEPS = {"bilingual": [800], "separate": [800], "unified": [800], "samu": [200, 800], "easist": [300, 300, 300],
-         "jstar": [60, 1000]}
+         "jstar": [60, 800]}  # JSTAR: 600 gave WER 0 and BLEU 100 on 14 conversations here
 BLEU_FLOOR = 90.0
 WER_CEILING = 10.0  # JSTAR's transcript
 
@@ -63,7 +63,8 @@ def _conversations(out) -> list[str]:
 
 
 @pytest.mark.parametrize("name", list(STEPS))
-def test_each_tiny_family_overfits_a_few_utterances_and_says_them_back_streaming(name, curated_demo, tmp_path):
+def test_each_tiny_family_overfits_a_few_utterances_and_says_them_back_streaming(name, curated_demo, tmp_path,
+                                                                                 record_property):
     out, _ = curated_demo
     ids = tmp_path / "ids.txt"
     ids.write_text("\n".join(_conversations(out) if name == "jstar" else _utterances(out)) + "\n")
@@ -80,6 +81,8 @@ def test_each_tiny_family_overfits_a_few_utterances_and_says_them_back_streaming
                                     if name == "jstar" else UTTERANCES)
     streaming = scores["settings"][0]  # the family's own simultaneous policy; the last is offline
     assert streaming["policy"] != "offline"
+    for target, score in streaming["targets"].items():  # in a --junitxml report
+        record_property(f"{target} {'WER' if target == 'asr' else 'BLEU'}", score.get("WER", score.get("BLEU")))
     targets = {"bilingual": ["de"], "easist": ["de"], "jstar": ["asr", "de"]}.get(name, ["de", "es"])
     assert list(streaming["targets"]) == targets
     for target, score in streaming["targets"].items():

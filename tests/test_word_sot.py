@@ -196,3 +196,5 @@ def test_jstar_times_its_targets_from_the_words_and_translation_chunks_or_says_w
     assert asr.tolist() == pytest.approx([0.3, 0.3, 0.6, 0.8, 0.8, 1.0, 1.0]) and st.tolist()[:3] == pytest.approx([0.6] * 3)
     with pytest.raises(ConfigError, match="emit_after: .soon. is not one of .heard., .any."):
         _task(emit_after="soon")
+    with pytest.raises(ConfigError, match="emit_within_ms must be a duration in ms or null, got -1"):
+        JointTask({"emit_within_ms": -1}, JstarConfig(), "stages.joint.options")
