@@ -34,7 +34,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from simulforge.eval.agent import TRANSCRIPT, Agent, DecodeOptions, Emit
 from simulforge.training.config import ConfigError
-from simulforge.training.data import FRAME_HOP_S, audio_channels, get, pad
+from simulforge.training.data import FRAME_HOP_S, audio_channels, get, has_column, pad
 from simulforge.training.tasks import Task, batch_features
 
 from .encoder import (
@@ -379,10 +379,17 @@ class JointTask(Task):
             raise ConfigError(f"{where}.emit_within_ms must be a duration in ms or null, got {self.opts.emit_within_ms}")
 
     def columns(self):
-        return ["audio", *self.text_columns(), *self.time_columns()]
+        return ["audio", *self.text_columns()]
 
     def time_columns(self) -> list[str]:
         return ["words", f"{CHUNKS}.{self.opts.language}"] if self.opts.emit_after == "heard" else []
+
+    def check_features(self, features):
+        missing = [c for c in self.time_columns() if not has_column(features, c)]
+        if missing:
+            raise ConfigError(f"{self.where}.emit_after: heard needs each token's time, from {', '.join(missing)}, "
+                              f"which the dataset lacks (curated before simulforge published them?): curate again, "
+                              f"or set emit_after: any to train on every alignment")
 
     def fit_to_data(self, ds, source: str) -> None:
         """model.channels left null takes the audio's channel count; a count given must be the audio's."""

@@ -27,7 +27,9 @@ from simulforge.eval.agent import TRANSCRIPT as ASR  # noqa: E402
 
 # The targets each evaluated run writes; steps per stage (evaluated configs: conftest's tiny schedule).
 EVALUATED = {"separate": ["de", "es"], "samu": ["de", "es"], "easist": ["de"], "jstar": [ASR, "de"]}
-STEPS = {"bilingual": [6], "unified": [6]} | {name: TINY_STEPS[name] for name in EVALUATED}
+# JSTAR's tokens may come only once heard, within a window (emit_after: heard): on the curated conversations,
+# which have word times, 80 joint steps left one of three transcripts silent; 150 say all three.
+STEPS = {"bilingual": [6], "unified": [6]} | {name: TINY_STEPS[name] for name in EVALUATED} | {"jstar": [30, 150]}
 ROWS = 3
 
 
@@ -142,4 +144,5 @@ def test_one_of_each_family_evaluates_on_curated_rows(name, trained, curated_dem
             if target == ASR:  # error rates: insertions may take them past 100
                 assert score["WER"] >= 0 and score["SA-WER"] >= 0
             else:
-                assert 0 <= score["BLEU"] <= 100 and 0 <= score["chrF"] <= 100
+                # sacreBLEU's 100 can be 100.00000000000004 (a perfect score, as the run above now gets)
+                assert 0 <= score["BLEU"] <= 100 + 1e-9 and 0 <= score["chrF"] <= 100 + 1e-9

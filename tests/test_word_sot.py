@@ -178,8 +178,14 @@ def test_the_emission_window_opens_at_a_tokens_time_and_gives_each_token_of_a_pi
 def test_jstar_times_its_targets_from_the_words_and_translation_chunks_or_says_why_it_cannot(tmp_path):
     good = (TRANSCRIPT, WORDS, TRANSLATION, CHUNKS)
     task = _task()
-    assert "translation_chunks.de" in task.columns() and "translation_chunks.de" not in _task(emit_after="any").columns()
-    task.fit_to_data(_dataset(tmp_path / "a", [good]), "train")
+    assert "translation_chunks.de" in task.time_columns() and not _task(emit_after="any").time_columns()
+    ds = _dataset(tmp_path / "a", [good])
+    task.check_features(ds.features)
+    task.fit_to_data(ds, "train")
+    with pytest.raises(ConfigError, match=r"emit_after: heard needs .* translation_chunks.de, which the dataset lacks"
+                                          r".*curate again, or set emit_after: any"):
+        task.check_features(ds.remove_columns("translation_chunks").features)
+    _task(emit_after="any").check_features(ds.remove_columns("translation_chunks").features)
     wrong = (TRANSCRIPT, WORDS, TRANSLATION.replace("also", "so"), CHUNKS)
     bad = _dataset(tmp_path / "b", [good, wrong])
     with pytest.raises(ConfigError, match=r"row conv1 of train: piece 'so.' of SELF .*options.emit_after: any"):
