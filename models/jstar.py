@@ -13,6 +13,13 @@ ends, a token at each change of speaker (`<SELF> how are <OTHER> fine <SELF> you
 transducer is never asked for a word it has not heard yet. The joint task checks that order on the
 data before training (`order: word`); `order: any` trains on utterance-level SOT as well.
 
+Which alignments the joint task trains on (`emit_after: heard`): each token only from the frame where
+what it says has been heard (its word's end in `words`, its target chunk's source end in
+`translation_chunks`) to `emit_within_ms` later, on the lattice of one symbol per frame that the beam
+search walks (`model.topology: modified`), with `model.end_frames` copies of the last frame after each
+stream to emit the end in. With every alignment allowed, a model that can tell a training conversation
+from its first block learns to recite the rest from memory, ahead of the speech.
+
 The slow encoder, ST predictor and ST joiner can first learn text-to-text translation as a
 transducer (task `mt`, `mt_loss`): source tokens are embedded in place of fast-encoder frames.
 
@@ -434,7 +441,7 @@ class JointTask(Task):
         asr, st = self._targets(row)
         chunks = get(row, f"{CHUNKS}.{self.opts.language}") or []
         try:
-            return (piece_times(asr, [(w["speaker"], w["word"], w["end_s"]) for w in row["words"] or []], roles),
+            return (piece_times(asr, [(w["speaker"], w["word"], w["end_s"]) for w in row["words"]], roles),
                     piece_times(st, [(c["speaker"], c["text"], c["end_s"]) for c in chunks], roles))
         except ValueError as e:
             raise ConfigError(f"{self.where}: row {row.get('id')} of {source}: {e}; options.emit_after: any trains "

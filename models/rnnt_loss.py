@@ -183,7 +183,7 @@ def rnnt_loss(logits: Tensor, targets: Tensor, logit_lengths: Tensor, target_len
         raise ValueError(f"topology must be one of {', '.join(TOPOLOGIES)}, got {topology!r}")
     if topology == "modified" and bool((T_len < U_len).any()):
         raise ValueError(f"the modified topology emits one label per frame: {int(U_len.max())} labels need as many "
-                         f"frames, some sequences have fewer ({(T_len < U_len).sum()} of {len(T_len)})")
+                         f"frames, some sequences have fewer ({int((T_len < U_len).sum())} of {len(T_len)})")
     safe_targets = targets.masked_fill(targets < 0, 0)
     blank_lp, label_lp = _gather(logits, safe_targets, blank)
     if label_lp.shape[2] and (earliest is not None or latest is not None or topology == "modified"):
