@@ -341,12 +341,13 @@ def piece_times(text: str, units: list[tuple[str, str, float]], roles: dict[str,
     return times
 
 
-def token_times(tok, text: str, times: list[float]) -> list[float]:
-    """Each token of `tok.encode(text)` with the time of the whitespace piece it spells. Pieces encoded
-    one by one give the same tokens as the whole text for a tokenizer that splits at spaces; one that
-    does not is mapped by the token counts of growing prefixes."""
+def token_times(tok, text: str, times: list[float], ids: list[int] | None = None) -> list[float]:
+    """Each token of `ids` (`tok.encode(text)`, encoded here unless given) with the time of the whitespace
+    piece it spells. Pieces encoded one by one give the same tokens as the whole text for a tokenizer
+    that splits at spaces; one that does not is mapped by the token counts of growing prefixes."""
     pieces = text.split()
-    ids, per_piece = tok.encode(text), [tok.encode(p) for p in pieces]
+    ids = tok.encode(text) if ids is None else ids
+    per_piece = [tok.encode(p) for p in pieces]
     if sum(map(len, per_piece)) == len(ids) and [i for p in per_piece for i in p] == ids:
         return [t for p, t in zip(per_piece, times, strict=True) for _ in p]
     ends = [len(tok.encode(" ".join(pieces[:k + 1]))) for k in range(len(pieces))]
@@ -447,13 +448,15 @@ class JointTask(Task):
             raise ConfigError(f"{self.where}: row {row.get('id')} of {source}: {e}; options.emit_after: any trains "
                               f"without emission times") from None
 
-    def _times(self, row) -> tuple[Tensor, Tensor]:
-        """Per token of the ASR and the ST target, the second from which it may be emitted (NaN: any time)."""
-        asr, st = self._targets(row)
+    def _times(self, row, asr_ids: list[int], st_ids: list[int]) -> tuple[Tensor, Tensor]:
+        """Per token of the row's encoded ASR and ST targets, the second from which it may be emitted (NaN:
+        any time)."""
         times = self._piece_times(row)
         if times is None:
-            return (torch.full((len(self.encode(asr)),), math.nan), torch.full((len(self.encode(st)),), math.nan))
-        return (torch.tensor(token_times(self.tok, asr, times[0])), torch.tensor(token_times(self.tok, st, times[1])))
+            return torch.full((len(asr_ids),), math.nan), torch.full((len(st_ids),), math.nan)
+        asr, st = self._targets(row)
+        return (torch.tensor(token_times(self.tok, asr, times[0], asr_ids)),
+                torch.tensor(token_times(self.tok, st, times[1], st_ids)))
 
     def specials(self):
         return with_word_start(self.opts.speaker_tokens)
@@ -463,12 +466,13 @@ class JointTask(Task):
 
     def collate(self, rows, variants):
         feats, lengths = batch_features(rows)
-        asr = [self.encode(self.opts.prefix + get(r, self.opts.transcript)) for r in rows]
-        st = [self.encode(self.opts.prefix + get(r, f"{self.opts.translation}.{self.opts.language}")) for r in rows]
+        targets = [self._targets(r) for r in rows]
+        asr = [self.encode(a) for a, _ in targets]
+        st = [self.encode(s) for _, s in targets]
         batch = {"feats": feats, "lengths": lengths, "asr": pad(asr, 0), "asr_lengths": torch.tensor([len(a) for a in asr]),
                  "st": pad(st, 0), "st_lengths": torch.tensor([len(s) for s in st])}
         if self.opts.emit_after == "heard":
-            times = [self._times(r) for r in rows]
+            times = [self._times(r, a, s) for r, a, s in zip(rows, asr, st, strict=True)]
             batch["asr_times"] = pad_sequence([a for a, _ in times], batch_first=True)
             batch["st_times"] = pad_sequence([s for _, s in times], batch_first=True)
         return batch

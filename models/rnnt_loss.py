@@ -120,9 +120,8 @@ def _bounds(earliest: Tensor | None, latest: Tensor | None, T_len: Tensor, shape
     return first, last
 
 
-def _restrict(label: Tensor, earliest: Tensor | None, latest: Tensor | None, T_len: Tensor) -> Tensor:
-    """label (B, T, U) log-probs with label u removed (log 0) at frames outside its bounds."""
-    first, last = _bounds(earliest, latest, T_len, (label.shape[0], label.shape[2]))
+def _restrict(label: Tensor, first: Tensor, last: Tensor) -> Tensor:
+    """label (B, T, U) log-probs with label u removed (log 0) at frames outside [first, last] (B, U)."""
     frames = torch.arange(label.shape[1], device=label.device)[None, :, None]
     outside = (frames < first[:, None, :]) | (frames > last[:, None, :])  # (B, T, U)
     return label.masked_fill(outside, torch.finfo(label.dtype).min / 4)
@@ -190,7 +189,7 @@ def rnnt_loss(logits: Tensor, targets: Tensor, logit_lengths: Tensor, target_len
         first, last = _bounds(earliest, latest, T_len, tuple(targets.shape))
         if topology == "modified":
             first, last = _modified_bounds(first, last, T_len, U_len)
-        label_lp = _restrict(label_lp, first, last, T_len)
+        label_lp = _restrict(label_lp, first, last)
     if topology == "modified":
         nll = _modified_nll(blank_lp, label_lp, T_len, U_len)
     else:

@@ -196,9 +196,10 @@ def test_jstar_times_its_targets_from_the_words_and_translation_chunks_or_says_w
     task.tok = _Words()
     untimed = _dataset(tmp_path / "c", [(TRANSCRIPT, [], TRANSLATION, [])])
     task.fit_to_data(untimed, "train")
-    asr, st = task._times(untimed[0])
+    asr, st = task._times(untimed[0], *(task.encode(t) for t in task._targets(untimed[0])))
     assert len(asr) == 7 and len(st) == 7 and asr.isnan().all() and st.isnan().all()
-    asr, st = task._times(_dataset(tmp_path / "d", [good])[0])
+    row = _dataset(tmp_path / "d", [good])[0]
+    asr, st = task._times(row, *(task.encode(t) for t in task._targets(row)))
     assert asr.tolist() == pytest.approx([0.3, 0.3, 0.6, 0.8, 0.8, 1.0, 1.0]) and st.tolist()[:3] == pytest.approx([0.6] * 3)
     with pytest.raises(ConfigError, match="emit_after: .soon. is not one of .heard., .any."):
         _task(emit_after="soon")
